@@ -1,0 +1,260 @@
+"""Network inflation: a 2D text-to-image UNet becomes a space-time video UNet.
+
+Tune-A-Video (Wu et al., ICCV 2023), Sec. 4.1, as implemented by its ``UNet3DConditionModel``:
+
+- 2D convolutions run per frame (``(b f) c h w``), as the reference's ``InflatedConv3d`` does.
+- Self-attention becomes sparse-causal (:class:`~.attention.SparseCausalAttnProcessor`).
+- Every transformer block gains ``norm_temp`` + ``attn_temp`` after its feed-forward: temporal attention over
+  frames at each spatial position, output projection zero-initialised so the video model starts as the image model.
+- The reference applies ``nn.GroupNorm`` to the 5D video tensor in ResNet blocks and in ``conv_norm_out``, so their
+  statistics are pooled over *all frames* of a clip. The transformers' GroupNorm runs per frame. A frames-as-batch
+  2D UNet would normalise every frame alone; :class:`FrameGroupNorm` reproduces the reference instead.
+
+The 2D weights are shared with the input UNet, never copied and never modified: :func:`share_clone` builds a new
+module tree over the same ``Parameter`` objects. Tuning later gives the trainable tensors their own copies
+(:func:`detach_parameters`). ``VideoUNet.state_dict()`` keys equal the reference's, so Tune-A-Video checkpoints load
+with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
+from einops import rearrange, repeat
+from torch import nn
+
+from .attention import PlainAttnProcessor, SparseCausalAttnProcessor, TemporalAttnProcessor
+from .convert import UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+
+TEMPORAL_MARKER = "_temp."
+
+
+class FrameContext:
+    """Per-model state read by layers that must know the clip length: set by :meth:`VideoUNet.forward`."""
+
+    def __init__(self) -> None:
+        self.num_frames = 1
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm whose statistics span all frames of a clip: ``(b f) c h w`` in, same out.
+
+    Equals ``nn.GroupNorm`` applied to ``b c f h w``, as in the reference's ResnetBlock3D and output norm.
+    """
+
+    def __init__(self, source: nn.GroupNorm, context: FrameContext):
+        nn.Module.__init__(self)
+        self.num_groups, self.num_channels, self.eps, self.affine = (
+            source.num_groups, source.num_channels, source.eps, source.affine)
+        self._parameters = dict(source._parameters)  # shared with the 2D model
+        self.context = context
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.context.num_frames
+        if f == 1:
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        video = rearrange(x, "(b f) c h w -> b c f h w", f=f)
+        video = F.group_norm(video, self.num_groups, self.weight, self.bias, self.eps)
+        return rearrange(video, "b c f h w -> (b f) c h w")
+
+
+class VideoTransformerBlock(nn.Module):
+    """Tune-A-Video's transformer block: ST-Attn, cross-attention, feed-forward, then T-Attn.
+
+    Holds the 2D block's submodules under the same names (``norm1``, ``attn1``, ``norm2``, ``attn2``, ``norm3``,
+    ``ff``) plus ``norm_temp`` and ``attn_temp``. Token layout: ``(b f) n c``.
+    """
+
+    def __init__(self, block: BasicTransformerBlock, context: FrameContext):
+        super().__init__()
+        if block.norm_type != "layer_norm" or block.only_cross_attention or block.pos_embed is not None:
+            raise UnsupportedModelError(
+                f"transformer block with norm_type={block.norm_type!r}, only_cross_attention="
+                f"{block.only_cross_attention}: only SD1.x/SD2.x blocks can be inflated")
+        self.norm1, self.attn1 = block.norm1, block.attn1
+        self.norm2, self.attn2 = block.norm2, block.attn2
+        self.norm3, self.ff = block.norm3, block.ff
+        self.attn1.set_processor(SparseCausalAttnProcessor())
+        if self.attn2 is not None:
+            self.attn2.set_processor(PlainAttnProcessor())
+        dim, a1 = block.norm1.normalized_shape[0], block.attn1
+        param = a1.to_q.weight
+        self.attn_temp = Attention(
+            query_dim=dim, heads=a1.heads, dim_head=dim // a1.heads, bias=a1.to_q.bias is not None,
+            upcast_attention=a1.upcast_attention, processor=TemporalAttnProcessor(),
+        ).to(device=param.device, dtype=param.dtype)
+        # Reference zeroes only to_out's weight; zeroing the bias too makes the fresh model exactly the 2D one.
+        nn.init.zeros_(self.attn_temp.to_out[0].weight)
+        nn.init.zeros_(self.attn_temp.to_out[0].bias)
+        self.norm_temp = nn.LayerNorm(dim).to(device=param.device, dtype=param.dtype)
+        self.context = context
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                timestep=None, cross_attention_kwargs=None, class_labels=None, added_cond_kwargs=None):
+        """``hidden_states``: ``[(b f), n, c]``; ``encoder_hidden_states``: ``[(b f), m, d]``."""
+        f = self.context.num_frames
+        h = self.attn1(self.norm1(hidden_states), num_frames=f) + hidden_states
+        if self.attn2 is not None:
+            h = self.attn2(self.norm2(h), encoder_hidden_states=encoder_hidden_states) + h
+        h = self.ff(self.norm3(h)) + h
+        return self.attn_temp(self.norm_temp(h), num_frames=f) + h
+
+
+def share_clone(module: nn.Module) -> nn.Module:
+    """A structural copy of ``module`` whose parameters and buffers are the *same objects*.
+
+    Replacing a submodule or a processor in the copy leaves the original untouched; the weights stay shared.
+    """
+    new = copy.copy(module)
+    for name, value in vars(module).items():
+        if isinstance(value, dict) and (name in ("_parameters", "_buffers") or "hook" in name):
+            new.__dict__[name] = type(value)(value)
+    new._modules = {k: (share_clone(v) if v is not None else None) for k, v in module._modules.items()}
+    return new
+
+
+class VideoUNet(nn.Module):
+    """Inflated UNet. ``forward(sample [b,c,f,h,w], timestep, encoder_hidden_states [b,n,d]) -> [b,c,f,h,w]``.
+
+    Its registered children are those of the wrapped 2D UNet, so ``state_dict()`` keys are the reference
+    ``UNet3DConditionModel`` keys (``down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight``...).
+    """
+
+    def __init__(self, core: UNet2DConditionModel, context: FrameContext):
+        super().__init__()
+        for name, child in core.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "_core", core)  # not a child: its children are ours already
+        self.context = context
+
+    @property
+    def config(self):
+        return self._core.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv_in.weight.device
+
+    def train(self, mode: bool = True):
+        self._core.training = mode
+        return super().train(mode)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self._core.enable_gradient_checkpointing()
+
+    def disable_gradient_checkpointing(self) -> None:
+        self._core.disable_gradient_checkpointing()
+
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        if sample.dim() != 5:
+            raise ValueError(f"sample must be [b,c,f,h,w], got shape {tuple(sample.shape)}")
+        b, _, f, _, _ = sample.shape
+        if encoder_hidden_states.shape[0] != b:
+            raise ValueError(f"encoder_hidden_states batch {encoder_hidden_states.shape[0]} != sample batch {b}")
+        t = torch.as_tensor(timestep, device=sample.device)
+        t = repeat(t.reshape(-1).expand(b), "b -> (b f)", f=f)
+        context = repeat(encoder_hidden_states, "b n d -> (b f) n d", f=f)
+        self.context.num_frames = f  # left set: gradient checkpointing recomputes during backward
+        out = self._core(rearrange(sample, "b c f h w -> (b f) c h w"), t, context, return_dict=False)[0]
+        return rearrange(out, "(b f) c h w -> b c f h w", b=b)
+
+    def temporal_parameters(self) -> dict[str, nn.Parameter]:
+        """The tensors inflation added (``attn_temp``, ``norm_temp``), by state-dict name."""
+        return {k: p for k, p in self.named_parameters() if TEMPORAL_MARKER in k}
+
+    def clone(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> VideoUNet:
+        """A new VideoUNet over the same weights, optionally on another device/dtype.
+
+        Every parameter gets a new ``Parameter`` object (so ``requires_grad`` flags, ``.to()`` and replacement never
+        reach the source); storage stays shared unless a device/dtype conversion copies it. Tensors made under
+        ``torch.inference_mode`` (ComfyUI's executor) are copied so autograd can use them.
+        """
+        core = share_clone(self._core)
+        context = FrameContext()
+        with torch.inference_mode(False):
+            self._retarget(core, context, device, dtype)
+        video = VideoUNet(core, context)
+        video.train(self.training)
+        return video
+
+    @staticmethod
+    def _retarget(core: nn.Module, context: FrameContext, device, dtype) -> None:
+        for m in core.modules():
+            if isinstance(getattr(m, "context", None), FrameContext):
+                m.context = context
+            if isinstance(m, Attention):
+                m.set_processor(copy.copy(m.processor))
+            for name, p in m._parameters.items():
+                if p is not None:
+                    m._parameters[name] = nn.Parameter(_placed(p, device, dtype), requires_grad=False)
+            for name, b in m._buffers.items():
+                if b is not None:
+                    m._buffers[name] = _placed(b, device, None)
+
+
+def _placed(t: torch.Tensor, device, dtype) -> torch.Tensor:
+    out = t.detach().to(device=device if device is not None else t.device,
+                        dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
+    if out.is_inference():
+        with torch.inference_mode(False):
+            out = out.clone()
+    return out
+
+
+def _check_inflatable(unet: nn.Module) -> None:
+    if not isinstance(unet, UNet2DConditionModel):
+        raise UnsupportedModelError(f"expected a diffusers UNet2DConditionModel, got {type(unet).__name__}")
+    cfg = unet.config
+    bad = {k: cfg.get(k) for k in ("class_embed_type", "addition_embed_type", "encoder_hid_dim") if cfg.get(k)}
+    if bad or cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn") != "UNetMidBlock2DCrossAttn":
+        raise UnsupportedModelError(f"UNet config {bad or cfg.get('mid_block_type')} is not SD1.x/SD2.x-like")
+
+
+def inflate_unet(unet2d: UNet2DConditionModel) -> VideoUNet:
+    """Inflate a diffusers SD1.x/SD2.x UNet into a Tune-A-Video space-time :class:`VideoUNet`.
+
+    ``unet2d`` is left bit-identical and keeps its own processors; its weights are shared with the result.
+    The added temporal layers are created on ``unet2d``'s device and dtype.
+    """
+    _check_inflatable(unet2d)
+    core = share_clone(unet2d)
+    context = FrameContext()
+    for module in list(core.modules()):
+        if isinstance(module, ResnetBlock2D):
+            if not isinstance(module.norm1, nn.GroupNorm) or module.time_embedding_norm != "default":
+                raise UnsupportedModelError("ResNet blocks with non-GroupNorm or scale-shift norms are not SD-like")
+            module.norm1 = FrameGroupNorm(module.norm1, context)
+            module.norm2 = FrameGroupNorm(module.norm2, context)
+        blocks = getattr(module, "transformer_blocks", None)
+        if isinstance(blocks, nn.ModuleList):
+            for i, block in enumerate(blocks):
+                blocks[i] = VideoTransformerBlock(block, context)
+    core.conv_norm_out = FrameGroupNorm(core.conv_norm_out, context)
+    video = VideoUNet(core, context).eval()
+    for p in video.temporal_parameters().values():  # shared 2D parameters keep their flags
+        p.requires_grad_(False)
+    return video
+
+
+def detach_parameters(model: nn.Module, names: Iterable[str]) -> None:
+    """Give ``model`` its own copies of parameters ``names`` (state-dict names), so training them leaves any model
+    that shared them untouched. Other parameters stay shared."""
+    for name in names:
+        owner_name, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        old = owner._parameters[leaf]
+        owner._parameters[leaf] = nn.Parameter(old.detach().clone(), requires_grad=old.requires_grad)
