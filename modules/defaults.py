@@ -1,0 +1,36 @@
+"""Method defaults, each citing its source. Node widgets and the CLI are built from these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TUNE_A_VIDEO_TRAINABLE = ("attn1.to_q", "attn2.to_q", "attn_temp")  # Tune-A-Video, configs/*.yaml trainable_modules
+
+
+@dataclass(frozen=True)
+class TuneAVideoDefaults:
+    """Tune-A-Video (Wu et al., ICCV 2023), official configs/man-skiing.yaml and the paper's Sec. 5."""
+
+    n_sample_frames: int = 24  # train_data.n_sample_frames
+    width: int = 512  # train_data.width
+    height: int = 512  # train_data.height
+    sample_start_idx: int = 0  # train_data.sample_start_idx
+    sample_frame_rate: int = 2  # train_data.sample_frame_rate (stride in source frames)
+    max_train_steps: int = 500  # max_train_steps
+    learning_rate: float = 3e-5  # learning_rate
+    train_batch_size: int = 1  # train_batch_size
+    adam_beta1: float = 0.9  # train_tuneavideo.py defaults
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = True  # gradient_checkpointing
+    seed: int = 33  # seed
+    num_inv_steps: int = 50  # validation_data.num_inv_steps
+    num_inference_steps: int = 50  # validation_data.num_inference_steps
+    guidance_scale: float = 12.5  # validation_data.guidance_scale
+    eta: float = 0.0  # DDIM, deterministic
+    trainable_modules: tuple[str, ...] = TUNE_A_VIDEO_TRAINABLE
+
+
+TAV = TuneAVideoDefaults()

@@ -1,0 +1,199 @@
+"""One-shot tuning of an inflated UNet on one video.
+
+Tune-A-Video (Wu et al., ICCV 2023), Sec. 4.2 "One-shot tuning": the standard denoising loss
+``|| eps - eps_theta(x_t, t, c) ||^2`` on the source clip's latents and prompt, updating only the sparse-causal and
+cross-attention query projections and the temporal attention (``attn1.to_q``, ``attn2.to_q``, ``attn_temp``).
+Everything else stays frozen and shared with the input model.
+
+:func:`tune` is a pure function of its inputs: it returns a new :class:`~.video_model.VideoModel` and the loss curve;
+the input model is never modified, also when the loop is interrupted (the callback raises).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .defaults import TAV
+from .inflate import VideoUNet
+from .schedule import NoiseSchedule
+from .video_model import TuneRecord, VideoModel
+
+logger = logging.getLogger(__name__)
+
+PRESETS = {"tune-a-video": TAV.trainable_modules}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Hyper-parameters of :func:`tune`; defaults from Tune-A-Video (see :class:`~.defaults.TuneAVideoDefaults`)."""
+
+    steps: int = TAV.max_train_steps
+    learning_rate: float = TAV.learning_rate
+    batch_size: int = TAV.train_batch_size
+    trainable: tuple[str, ...] = TAV.trainable_modules
+    seed: int = TAV.seed
+    gradient_checkpointing: bool = TAV.gradient_checkpointing
+    mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA (fp16 if no bf16), fp32 on CPU
+    adam_betas: tuple[float, float] = (TAV.adam_beta1, TAV.adam_beta2)
+    weight_decay: float = TAV.adam_weight_decay
+    adam_epsilon: float = TAV.adam_epsilon
+    max_grad_norm: float = TAV.max_grad_norm
+    method: str = "tune-a-video"
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps={self.steps} must be >= 1")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate={self.learning_rate} must be > 0")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision={self.mixed_precision!r}; expected one of {PRECISIONS}")
+        if not self.trainable:
+            raise ValueError("trainable is empty: name at least one module pattern (e.g. 'attn_temp')")
+
+
+def parse_patterns(text: str | Sequence[str]) -> tuple[str, ...]:
+    """A preset name (``"tune-a-video"``) or comma/newline-separated module-name patterns."""
+    if isinstance(text, str):
+        if text.strip() in PRESETS:
+            return PRESETS[text.strip()]
+        text = text.replace("\n", ",").split(",")
+    return tuple(p.strip() for p in text if p.strip())
+
+
+def select_trainable(unet: torch.nn.Module, patterns: Iterable[str]) -> list[str]:
+    """State-dict names of the parameters inside modules matching ``patterns``.
+
+    A pattern matches a module whose dotted name *ends with* it (as in the reference's ``trainable_modules``), or,
+    if it contains ``*``/``?``, whose name matches it as a glob. Raises if a pattern matches nothing.
+    """
+    patterns = list(patterns)
+    modules = dict(unet.named_modules())
+    names: set[str] = set()
+    for pat in patterns:
+        glob = any(c in pat for c in "*?[")
+        hits = [m for m in modules if m and (fnmatch.fnmatchcase(m, pat) if glob else m.endswith(pat))]
+        if not hits:
+            raise ValueError(f"trainable pattern {pat!r} matches no module of the UNet "
+                             f"(examples of module names: 'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q')")
+        for m in hits:
+            names.update(f"{m}.{p}" for p, _ in modules[m].named_parameters())
+    return sorted(names)
+
+
+def _precision(requested: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or requested == "fp32":
+        return None
+    if requested == "fp16":
+        return torch.float16
+    if requested == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def denoising_loss(unet: VideoUNet, schedule: NoiseSchedule, x0: torch.Tensor, context: torch.Tensor,
+                   t: torch.Tensor, noise: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Mean squared error between the model output and its target (``eps`` or ``v``) at timesteps ``t`` ``[b]``.
+
+    ``x0``: ``[b,c,f,h,w]`` scaled latents; ``context``: ``[b,n,d]``; ``noise`` like ``x0``.
+    """
+    x_t = schedule.add_noise(x0, noise, t)
+    target = schedule.training_target(x0, noise, t)
+    dev = x0.device
+    ctx = torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    with ctx:
+        pred = unet(x_t.to(unet.dtype), t, context.to(unet.dtype))
+    return F.mse_loss(pred.float(), target.float())
+
+
+def _prepare_unet(model: VideoModel, names: list[str], device: torch.device, amp: torch.dtype | None) -> VideoUNet:
+    # Without autocast the UNet must compute in fp32 (CPU half precision is slow and inaccurate): copy if needed.
+    dtype = torch.float32 if amp is None else None
+    unet = model.unet.clone(device=device, dtype=dtype)
+    params = dict(unet.named_parameters())
+    for name in names:
+        owner_name, _, leaf = name.rpartition(".")
+        owner = unet.get_submodule(owner_name)
+        # Trainable tensors get their own fp32 master copy: the input model keeps its values.
+        owner._parameters[leaf] = torch.nn.Parameter(params[name].detach().float().clone(), requires_grad=True)
+    return unet
+
+
+def tune(model: VideoModel, latents: torch.Tensor, context: torch.Tensor, config: TuneConfig = TuneConfig(),
+         device: torch.device | str | None = None, callback: Callable[[int, int, dict], None] | None = None,
+         prompt: str = "") -> tuple[VideoModel, list[float]]:
+    """One-shot tune ``model`` on one clip. Returns ``(tuned model, loss per step)``.
+
+    Args:
+        latents: ``[1, c, f, h, w]`` scaled source latents (computed once, reused every step).
+        context: ``[1, n, d]`` source-prompt embeddings (computed once).
+        callback: ``callback(step, total, {"loss": tensor})`` after each step; raise from it to interrupt.
+    Runs correctly under ComfyUI's ``torch.inference_mode()`` executor: it leaves inference mode and copies the
+    inputs it trains on.
+    """
+    if latents.dim() != 5 or latents.shape[0] != 1:
+        raise ValueError(f"latents must be one clip [1, c, f, h, w], got shape {tuple(latents.shape)}")
+    if context.dim() != 3 or context.shape[0] != 1:
+        raise ValueError(f"context must be [1, n, d] text embeddings, got shape {tuple(context.shape)}")
+    device = torch.device(device) if device is not None else model.unet.device
+    amp = _precision(config.mixed_precision, device)
+    with torch.inference_mode(False), torch.enable_grad():
+        names = select_trainable(model.unet, config.trainable)
+        unet = _prepare_unet(model, names, device, amp)
+        losses = _train_loop(unet, model.schedule, latents, context, names, config, device, amp, callback)
+        unet.eval()
+        unet.disable_gradient_checkpointing()
+        compute_dtype = torch.float32 if amp is None else model.unet.dtype
+        for name, p in unet.named_parameters():
+            if name in names:
+                p.requires_grad_(False)
+                p.data = p.data.to(compute_dtype)
+    curve = losses.cpu().tolist()
+    _, _, f, h, w = latents.shape
+    record = TuneRecord(method=config.method, trainable=tuple(config.trainable), steps=config.steps,
+                        learning_rate=config.learning_rate, frames=f, height=h * 8, width=w * 8, prompt=prompt,
+                        seed=config.seed, final_loss=float(sum(curve[-10:]) / len(curve[-10:])))
+    tuned = model.replace(unet=unet, tuned_names=model.tuned_names | frozenset(names),
+                          history=model.history + (record,))
+    return tuned, curve
+
+
+def _train_loop(unet, schedule, latents, context, names, config, device, amp, callback) -> torch.Tensor:
+    params = [p for n, p in unet.named_parameters() if n in set(names)]
+    logger.info("tuning %d tensors (%.2fM values), %d steps", len(params), sum(p.numel() for p in params) / 1e6,
+                config.steps)
+    x0 = latents.detach().to(device=device, dtype=torch.float32).clone()
+    ctx = context.detach().to(device=device, dtype=torch.float32).clone()
+    x0 = x0.expand(config.batch_size, -1, -1, -1, -1)
+    ctx = ctx.expand(config.batch_size, -1, -1)
+    opt = torch.optim.AdamW(params, lr=config.learning_rate, betas=config.adam_betas,
+                            weight_decay=config.weight_decay, eps=config.adam_epsilon)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    losses = torch.zeros(config.steps, device=device)
+    for step in range(config.steps):
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        t = torch.randint(0, schedule.num_train_timesteps, (config.batch_size,), generator=gen, device=device)
+        loss = denoising_loss(unet, schedule, x0, ctx, t, noise, amp)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        scaler.step(opt)
+        scaler.update()
+        losses[step] = loss.detach()
+        if callback is not None:
+            callback(step + 1, config.steps, {"loss": losses[step]})
+    return losses

@@ -1,0 +1,78 @@
+"""The ``VIDEO_UNET`` payload: an inflated UNet with everything needed to invert, sample, tune and save it.
+
+Immutable by convention: engine functions and nodes return new :class:`VideoModel` objects (ComfyUI caches node
+outputs and feeds the same object to several consumers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from .inflate import VideoUNet
+from .schedule import NoiseSchedule
+
+SD_LATENT_SCALE = 0.18215  # SD1.x/2.x VAE scale factor (LDM configs: scale_factor)
+
+
+@dataclass(frozen=True)
+class TuneRecord:
+    """What one tuning run did (saved as checkpoint metadata)."""
+
+    method: str
+    trainable: tuple[str, ...]
+    steps: int
+    learning_rate: float
+    frames: int
+    height: int
+    width: int
+    prompt: str = ""
+    seed: int = 0
+    final_loss: float = float("nan")
+
+
+@dataclass(frozen=True)
+class VideoModel:
+    """Inflated UNet + noise schedule + latent scale + provenance.
+
+    Attributes:
+        unet: the space-time UNet (``[b,c,f,h,w]`` in and out).
+        schedule: training noise schedule and prediction type of the base model.
+        latent_scale: multiply ComfyUI's unscaled ``LATENT`` by this before the UNet sees it.
+        base_hash: :func:`~.checkpoint_io.unet_hash` of the 2D base weights (checks deltas are applied to the right base).
+        tuned_names: state-dict names of parameters that tuning changed (saved in deltas with the temporal ones).
+        history: tuning runs applied so far, oldest first.
+    """
+
+    unet: VideoUNet
+    schedule: NoiseSchedule
+    latent_scale: float = SD_LATENT_SCALE
+    base_hash: str = ""
+    tuned_names: frozenset[str] = frozenset()
+    history: tuple[TuneRecord, ...] = field(default_factory=tuple)
+
+    def replace(self, **changes) -> VideoModel:
+        return dataclasses.replace(self, **changes)
+
+    def delta_names(self) -> list[str]:
+        """Names saved in a delta checkpoint: every added temporal tensor and every tuned tensor."""
+        return sorted(set(self.unet.temporal_parameters()) | set(self.tuned_names))
+
+    def model_fn(self, device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None):
+        """``fn(x [b,c,f,h,w] fp32, t, context) -> out fp32`` running the UNet in its dtype on ``device``."""
+        unet = self.unet
+        if device is not None and torch.device(device) != unet.device:
+            unet = unet.clone(device=device)
+        dtype = unet.dtype
+
+        def fn(x, t, context):
+            dev = unet.device
+            ctx = (torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype is not None
+                   else contextlib.nullcontext())
+            with ctx:
+                return unet(x.to(dev, dtype), t.to(dev), context.to(dev, dtype)).float()
+
+        return fn

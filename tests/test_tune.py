@@ -1,0 +1,91 @@
+"""One-shot tuning: loss goes down, only chosen tensors change, inputs are never touched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunevideo.modules.tune import TuneConfig, denoising_loss, parse_patterns, select_trainable, tune
+
+FAST = dict(steps=12, learning_rate=1e-3, seed=0, gradient_checkpointing=False)
+
+
+def _clip(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 4, 3, 16, 16, generator=g), torch.randn(1, 7, 48, generator=g)
+
+
+def _eval_loss(model, latents, ctx):
+    g = torch.Generator().manual_seed(123)
+    t = torch.randint(0, 1000, (8,), generator=g)
+    noise = torch.randn((8, *latents.shape[1:]), generator=g)
+    with torch.no_grad():
+        return denoising_loss(model.unet, model.schedule, latents.expand(8, -1, -1, -1, -1),
+                              ctx.expand(8, -1, -1), t, noise).item()
+
+
+def test_short_tune_lowers_loss_and_changes_only_chosen_tensors(tiny_video_model):
+    latents, ctx = _clip()
+    before = {k: v.clone() for k, v in tiny_video_model.unet.state_dict().items()}
+    tuned, curve = tune(tiny_video_model, latents, ctx, TuneConfig(**FAST))
+    assert len(curve) == FAST["steps"]
+    assert _eval_loss(tuned, latents, ctx) < _eval_loss(tiny_video_model, latents, ctx)
+    chosen = set(select_trainable(tiny_video_model.unet, TuneConfig().trainable))
+    assert tuned.tuned_names == chosen
+    after = tuned.unet.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == chosen  # every chosen tensor moved, nothing else did
+    assert all(".attn1.to_q." in k or ".attn2.to_q." in k or ".attn_temp." in k for k in changed)
+    orig = tiny_video_model.unet.state_dict()
+    assert all(torch.equal(before[k], orig[k]) for k in before)  # input untouched
+    frozen = [k for k in after if k not in chosen]
+    assert all(after[k].data_ptr() == orig[k].data_ptr() for k in frozen)  # frozen weights stay shared
+
+
+def test_tune_is_deterministic_for_a_seed(tiny_video_model):
+    latents, ctx = _clip()
+    cfg = TuneConfig(**{**FAST, "steps": 3})
+    _, a = tune(tiny_video_model, latents, ctx, cfg)
+    _, b = tune(tiny_video_model, latents, ctx, cfg)
+    assert a == b
+
+
+def test_tune_inside_inference_mode_like_comfyui(tiny_video_model):
+    latents, ctx = _clip()
+    with torch.inference_mode():  # ComfyUI's executor; inputs are inference tensors
+        latents, ctx = latents.clone(), ctx.clone()
+        tuned, curve = tune(tiny_video_model, latents, ctx, TuneConfig(**{**FAST, "steps": 2}))
+    assert all(torch.isfinite(torch.tensor(curve)))
+    assert not any(p.requires_grad for p in tuned.unet.parameters())
+
+
+def test_interrupt_mid_tune_leaves_input_intact(tiny_video_model):
+    latents, ctx = _clip()
+    before = {k: v.clone() for k, v in tiny_video_model.unet.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in tiny_video_model.unet.named_parameters()}
+
+    class Interrupted(Exception):
+        pass
+
+    def cb(step, total, info):
+        if step == 3:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        tune(tiny_video_model, latents, ctx, TuneConfig(**FAST), callback=cb)
+    after = tiny_video_model.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert {k: p.requires_grad for k, p in tiny_video_model.unet.named_parameters()} == flags
+
+
+def test_custom_patterns_and_errors(tiny_video_model):
+    assert parse_patterns("tune-a-video") == ("attn1.to_q", "attn2.to_q", "attn_temp")
+    assert parse_patterns("attn_temp,\n norm_temp") == ("attn_temp", "norm_temp")
+    names = select_trainable(tiny_video_model.unet, ["mid_block.*.attn_temp"])
+    assert names and all(n.startswith("mid_block.") and ".attn_temp." in n for n in names)
+    with pytest.raises(ValueError, match="'attn9' matches no module"):
+        select_trainable(tiny_video_model.unet, ["attn9"])
+    with pytest.raises(ValueError, match="must be one clip"):
+        tune(tiny_video_model, torch.zeros(3, 4, 8, 8), torch.zeros(1, 7, 48))
+    with pytest.raises(ValueError, match="steps=0"):
+        TuneConfig(steps=0)
