@@ -1,0 +1,176 @@
+"""Saving and loading tuned video UNets as small safetensors deltas.
+
+A delta holds only what tuning added or changed (Tune-A-Video: ``attn_temp``/``norm_temp`` everywhere plus the tuned
+``attn1.to_q``/``attn2.to_q``), under the key names of Tune-A-Video's ``UNet3DConditionModel``
+(``down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight``), so files move between this pack and the
+reference code. Metadata records the method, a hash of the base 2D UNet, frames, size, prompt and steps.
+
+The official code saves the *whole* UNet (``unet/diffusion_pytorch_model.safetensors``); :func:`load_delta` accepts
+that layout too, keeping only tensors that differ from the base. Only safetensors are read, never pickles.
+Writes are atomic (temp file + rename) and never overwrite an existing file unless asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .convert import strip_ldm_prefix
+from .inflate import TEMPORAL_MARKER
+from .video_model import VideoModel
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "tunevideo.delta.v1"
+_HASH_VALUES = 4096
+
+
+class BaseMismatchError(ValueError):
+    """A delta was made from another base model than the one it is applied to."""
+
+
+def unet_hash(ldm_state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Short fingerprint of an LDM-layout UNet (ComfyUI ``diffusion_model`` keys, with or without the checkpoint
+    prefix). It covers every key and shape and the first 4096 values of every tensor, rounded to fp16 so fp32 and fp16
+    copies of one model agree; it reads ~5 MB of an 860M-parameter UNet, so it is cheap on every load."""
+    sd = strip_ldm_prefix(ldm_state_dict)
+    h = hashlib.sha256()
+    for key in sorted(sd):
+        t = sd[key]
+        h.update(f"{key}:{tuple(t.shape)};".encode())
+        head = t.detach().reshape(-1)[:_HASH_VALUES].to("cpu", torch.float16).float()
+        h.update(head.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str], overwrite: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        if not overwrite and path.exists():  # someone else wrote it meanwhile
+            raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def delta_metadata(model: VideoModel) -> dict[str, str]:
+    last = model.history[-1] if model.history else None
+    meta = {
+        "format": FORMAT,
+        "method": last.method if last else "inflated",
+        "base_model_hash": model.base_hash,
+        "prediction_type": model.schedule.prediction_type,
+        "latent_scale": repr(model.latent_scale),
+        "history": json.dumps([r.__dict__ for r in model.history]),
+    }
+    if last:
+        meta.update(frames=str(last.frames), width=str(last.width), height=str(last.height), prompt=last.prompt,
+                    steps=str(last.steps), learning_rate=repr(last.learning_rate), trainable=",".join(last.trainable))
+    return meta
+
+
+def save_delta(model: VideoModel, path: str | os.PathLike, overwrite: bool = False) -> dict[str, str]:
+    """Write the tuned/added tensors of ``model`` to ``path`` (``.safetensors``). Returns the metadata written."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"delta file name {path.name!r} must end with .safetensors")
+    state = model.unet.state_dict()
+    tensors = {k: state[k].detach().to("cpu").contiguous() for k in model.delta_names()}
+    meta = delta_metadata(model)
+    _atomic_save(tensors, path, meta, overwrite)
+    logger.info("saved %d tensors to %s", len(tensors), path)
+    return meta
+
+
+def _resolve(path: Path) -> Path:
+    if path.is_dir():
+        for cand in ("unet/diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors"):
+            if (path / cand).is_file():
+                return path / cand
+        raise FileNotFoundError(f"{path} is a folder without unet/diffusion_pytorch_model.safetensors "
+                                f"(the Tune-A-Video output layout)")
+    if not path.exists():
+        raise FileNotFoundError(f"tuned weights file not found: {path}")
+    if path.suffix in (".bin", ".ckpt", ".pt", ".pth"):
+        raise ValueError(f"{path.name}: only .safetensors files are read (pickled {path.suffix} files can run code); "
+                         f"convert it with safetensors first")
+    return path
+
+
+def read_delta(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a delta or full Tune-A-Video UNet file (or its output folder)."""
+    path = _resolve(Path(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several error types for damaged files
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
+    return tensors, meta
+
+
+def load_delta(model: VideoModel, path: str | os.PathLike, check_base: bool = True) -> VideoModel:
+    """Apply a delta (or a full Tune-A-Video UNet checkpoint) to inflated ``model``; returns a new model.
+
+    Raises:
+        BaseMismatchError: the file records another base model hash (or, for a full checkpoint, its frozen weights
+            differ from the base), unless ``check_base`` is False.
+        ValueError: unknown keys or shapes that do not fit this UNet.
+    """
+    tensors, meta = read_delta(path)
+    own = model.unet.state_dict()
+    unknown = sorted(set(tensors) - set(own))
+    if unknown:
+        raise ValueError(f"{Path(path).name}: {len(unknown)} keys are not Tune-A-Video UNet keys of this model, "
+                         f"e.g. {unknown[:3]}")
+    for k, v in tensors.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise ValueError(f"{Path(path).name}: {k} has shape {tuple(v.shape)}, this model needs "
+                             f"{tuple(own[k].shape)} (made for another model size?)")
+    recorded = meta.get("base_model_hash", "")
+    if check_base and recorded and model.base_hash and recorded != model.base_hash:
+        raise BaseMismatchError(
+            f"{Path(path).name} was tuned from base model {recorded}, but this MODEL is {model.base_hash}; "
+            f"load the checkpoint it was made from")
+    if len(tensors) == len(own):  # full reference checkpoint: keep only what differs from the base
+        tensors = _changed_only(tensors, own, check_base, Path(path).name)
+    return apply_tensors(model, tensors)
+
+
+def _changed_only(tensors, own, check_base, name):
+    changed = {k: v for k, v in tensors.items()
+               if TEMPORAL_MARKER in k or not torch.equal(v.to(own[k].dtype), own[k].cpu())}
+    frozen_changed = [k for k in changed if TEMPORAL_MARKER not in k and ".to_q." not in k]
+    if check_base and frozen_changed:
+        raise BaseMismatchError(
+            f"{name}: {len(frozen_changed)} weights that Tune-A-Video never tunes differ from this MODEL "
+            f"(e.g. {frozen_changed[0]}): it was made from another base model")
+    return changed
+
+
+def apply_tensors(model: VideoModel, tensors: Mapping[str, torch.Tensor]) -> VideoModel:
+    """A new model whose parameters ``tensors`` are replaced (own copies, model's device and dtype)."""
+    unet = model.unet.clone()
+    with torch.inference_mode(False):
+        for name, value in tensors.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = unet.get_submodule(owner_name)
+            old = owner._parameters[leaf]
+            owner._parameters[leaf] = torch.nn.Parameter(
+                value.detach().to(old.device, old.dtype).clone(), requires_grad=False)
+    return model.replace(unet=unet, tuned_names=model.tuned_names | frozenset(tensors))

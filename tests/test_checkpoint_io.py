@@ -1,0 +1,99 @@
+"""Delta checkpoints: exact round trips, metadata, atomic no-overwrite writes, reference layout, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tunevideo.modules.checkpoint_io import BaseMismatchError, load_delta, read_delta, save_delta, unet_hash
+from tunevideo.modules.convert import unet_to_ldm
+from tunevideo.modules.tune import TuneConfig, tune
+
+
+@pytest.fixture()
+def tuned(tiny_video_model):
+    g = torch.Generator().manual_seed(0)
+    latents, ctx = torch.randn(1, 4, 3, 16, 16, generator=g), torch.randn(1, 7, 48, generator=g)
+    model, _ = tune(tiny_video_model, latents, ctx, TuneConfig(steps=2, learning_rate=1e-3, seed=0,
+                                                               gradient_checkpointing=False), prompt="a man skiing")
+    return model
+
+
+def test_save_load_round_trip_is_exact(tuned, tiny_video_model, tmp_path):
+    path = tmp_path / "delta.safetensors"
+    meta = save_delta(tuned, path)
+    tensors, stored = read_delta(path)
+    assert set(tensors) == set(tuned.delta_names())
+    assert len(tensors) < len(tuned.unet.state_dict()) / 2  # a delta, not the whole UNet
+    assert stored["method"] == "tune-a-video" and stored["prompt"] == "a man skiing"
+    assert stored["base_model_hash"] == tiny_video_model.base_hash and stored["frames"] == "3"
+    assert stored == meta
+    loaded = load_delta(tiny_video_model, path)
+    a, b = tuned.unet.state_dict(), loaded.unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.delta_names() == tuned.delta_names()
+
+
+def test_writes_are_atomic_and_never_overwrite(tuned, tmp_path):
+    path = tmp_path / "delta.safetensors"
+    save_delta(tuned, path)
+    first = path.read_bytes()
+    with pytest.raises(FileExistsError, match="already exists"):
+        save_delta(tuned, path)
+    assert path.read_bytes() == first
+    assert [p.name for p in tmp_path.iterdir()] == ["delta.safetensors"]  # no temp files left
+
+
+def test_mismatched_base_is_refused(tuned, tiny_video_model, tmp_path):
+    path = tmp_path / "delta.safetensors"
+    save_delta(tuned, path)
+    other = tiny_video_model.replace(base_hash="0123456789abcdef")
+    with pytest.raises(BaseMismatchError, match="0123456789abcdef"):
+        load_delta(other, path)
+    assert load_delta(other, path, check_base=False).unet is not None
+
+
+def test_official_full_unet_layout_loads(tuned, tiny_video_model, tmp_path):
+    # Tune-A-Video saves the whole UNet3DConditionModel under unet/ (keys = ours); keep only what differs.
+    folder = tmp_path / "man-skiing" / "unet"
+    folder.mkdir(parents=True)
+    full = {k: v.contiguous() for k, v in tuned.unet.state_dict().items()}
+    save_file(full, str(folder / "diffusion_pytorch_model.safetensors"))
+    loaded = load_delta(tiny_video_model, tmp_path / "man-skiing")
+    a, b = tuned.unet.state_dict(), loaded.unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.delta_names() == tuned.delta_names()
+    # A full checkpoint from another base differs in weights Tune-A-Video never tunes.
+    full["conv_in.weight"] = full["conv_in.weight"] + 1
+    save_file(full, str(folder / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(BaseMismatchError, match="conv_in.weight"):
+        load_delta(tiny_video_model, tmp_path / "man-skiing")
+
+
+def test_bad_files_give_clear_errors(tiny_video_model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        load_delta(tiny_video_model, tmp_path / "missing.safetensors")
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ValueError, match="corrupt.safetensors"):
+        load_delta(tiny_video_model, bad)
+    pickle = tmp_path / "unet.bin"
+    pickle.write_bytes(b"x")
+    with pytest.raises(ValueError, match="only .safetensors"):
+        load_delta(tiny_video_model, pickle)
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"not.a.key": torch.zeros(1)}, str(wrong))
+    with pytest.raises(ValueError, match="not Tune-A-Video UNet keys"):
+        load_delta(tiny_video_model, wrong)
+    with pytest.raises(ValueError, match="must end with .safetensors"):
+        save_delta(tiny_video_model, tmp_path / "x.bin")
+
+
+def test_unet_hash_ignores_prefix_and_fp16_storage(tiny_unet2d):
+    ldm = unet_to_ldm(tiny_unet2d)
+    h = unet_hash(ldm)
+    assert unet_hash({f"model.diffusion_model.{k}": v for k, v in ldm.items()}) == h
+    assert unet_hash({k: v.half() for k, v in ldm.items()}) == h
+    changed = dict(ldm, **{"out.2.bias": ldm["out.2.bias"] + 1})
+    assert unet_hash(changed) != h
