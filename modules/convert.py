@@ -71,7 +71,8 @@ def check_supported(unet_config: Mapping[str, Any]) -> None:
     depth = list(unet_config.get("transformer_depth", []))
     if len(depth) != n_levels * nrb:
         raise UnsupportedModelError(
-            f"unet_config.transformer_depth has {len(depth)} entries, expected {n_levels * nrb}; supported: {SUPPORTED}"
+            f"unet_config.transformer_depth has {len(depth)} entries, expected {n_levels * nrb}; "
+            f"supported: {SUPPORTED}"
         )
     if any(d > 1 for d in depth) or unet_config.get("transformer_depth_middle", 1) > 1:
         raise UnsupportedModelError(
@@ -141,9 +142,9 @@ def ldm_key_for(key: str, config: Mapping[str, Any]) -> str:
     has_attn = [t.startswith("CrossAttn") for t in config["down_block_types"]]
     fixed = {"conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
              "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2"}
-    for d, l in fixed.items():
-        if key.startswith(d + "."):
-            return l + key[len(d):]
+    for diff_name, ldm_name in fixed.items():
+        if key.startswith(diff_name + "."):
+            return ldm_name + key[len(diff_name):]
     m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.+)", key)
     if m:
         i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
@@ -225,7 +226,7 @@ def unet_from_ldm(
 
 
 def unet_to_ldm(unet: UNet2DConditionModel, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Inverse of :func:`unet_from_ldm`: the LDM-layout state dict of a diffusers UNet (keys prefixed by ``prefix``)."""
+    """Inverse of :func:`unet_from_ldm`: the LDM-layout state dict of a diffusers UNet, keys prefixed by ``prefix``."""
     config = dict(unet.config)
     return {prefix + ldm_key_for(k, config): v for k, v in unet.state_dict().items()}
 

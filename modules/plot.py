@@ -20,7 +20,8 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def loss_curve_image(losses: Sequence[float], width: int = 512, height: int = 256, title: str = "loss") -> torch.Tensor:
+def loss_curve_image(losses: Sequence[float], width: int = 512, height: int = 256,
+                     title: str = "loss") -> torch.Tensor:
     """Plot raw (grey) and moving-average (blue) loss per step. Returns ``[1, height, width, 3]`` in 0..1."""
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)

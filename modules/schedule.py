@@ -69,7 +69,10 @@ class NoiseSchedule:
         return float(self.alphas_cumprod[max(int(t), 0)])
 
     def to_eps(self, x: torch.Tensor, out: torch.Tensor, t: int) -> torch.Tensor:
-        """Model output for input ``x`` queried at timestep ``t`` -> ``eps_hat`` (``v``: ``sqrt(a) v + sqrt(1-a) x``)."""
+        """Model output for input ``x`` queried at timestep ``t`` -> ``eps_hat``.
+
+        For ``v``-prediction: ``eps = sqrt(a) v + sqrt(1-a) x``.
+        """
         if self.prediction_type == "epsilon":
             return out
         a = self.alpha(t)

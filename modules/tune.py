@@ -84,7 +84,7 @@ def select_trainable(unet: torch.nn.Module, patterns: Iterable[str]) -> list[str
         hits = [m for m in modules if m and (fnmatch.fnmatchcase(m, pat) if glob else m.endswith(pat))]
         if not hits:
             raise ValueError(f"trainable pattern {pat!r} matches no module of the UNet "
-                             f"(examples of module names: 'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q')")
+                             "(module names look like 'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q')")
         for m in hits:
             names.update(f"{m}.{p}" for p, _ in modules[m].named_parameters())
     return sorted(names)

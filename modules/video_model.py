@@ -42,7 +42,7 @@ class VideoModel:
         unet: the space-time UNet (``[b,c,f,h,w]`` in and out).
         schedule: training noise schedule and prediction type of the base model.
         latent_scale: multiply ComfyUI's unscaled ``LATENT`` by this before the UNet sees it.
-        base_hash: :func:`~.checkpoint_io.unet_hash` of the 2D base weights (checks deltas are applied to the right base).
+        base_hash: :func:`~.checkpoint_io.unet_hash` of the 2D base weights (deltas check it on load).
         tuned_names: state-dict names of parameters that tuning changed (saved in deltas with the temporal ones).
         history: tuning runs applied so far, oldest first.
     """

@@ -47,7 +47,6 @@ def tiny_unet_config():
 def make_unet2d(unet_config, seed=0):
     """Random diffusers UNet for a ComfyUI unet_config, with non-trivial norms."""
     from diffusers import UNet2DConditionModel
-
     from tunevideo.modules.convert import diffusers_config_from_unet_config
 
     torch.manual_seed(seed)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from tunevideo.modules.checkpoint_io import BaseMismatchError, load_delta, read_delta, save_delta, unet_hash
 from tunevideo.modules.convert import unet_to_ldm
 from tunevideo.modules.tune import TuneConfig, tune

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_unet2d
-
 from tunevideo.modules.convert import (
     UnsupportedModelError,
     detect_unet_config,

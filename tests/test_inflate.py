@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
-
 from tunevideo.modules.attention import SparseCausalAttnProcessor, TemporalAttnProcessor
 from tunevideo.modules.inflate import FrameContext, FrameGroupNorm, VideoTransformerBlock, inflate_unet
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tunevideo.modules.ddim import ddim_invert, sample
 from tunevideo.modules.schedule import NoiseSchedule, ddim_move, make_ddim_scheduler
 
