@@ -1,0 +1,30 @@
+"""ComfyUI node faces of the TuneVideo engine."""
+
+from . import host
+from .inflate import InflateUNetTemporal
+from .sampling import DDIMInvertVideo, SampleVideo
+from .tune import OneShotTune
+from .video import LoadVideoClip
+from .weights import LoadTunedVideoUNet, SaveTunedVideoUNet
+
+host.register_model_folder()
+
+NODE_CLASS_MAPPINGS = {
+    "InflateUNetTemporal": InflateUNetTemporal,
+    "OneShotTune": OneShotTune,
+    "DDIMInvertVideo": DDIMInvertVideo,
+    "SampleVideo": SampleVideo,
+    "SaveTunedVideoUNet": SaveTunedVideoUNet,
+    "LoadTunedVideoUNet": LoadTunedVideoUNet,
+    "LoadVideoClip": LoadVideoClip,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "InflateUNetTemporal": "Inflate UNet (Temporal)",
+    "OneShotTune": "One-Shot Tune (Tune-A-Video)",
+    "DDIMInvertVideo": "DDIM Invert Video",
+    "SampleVideo": "Sample Video (DDIM)",
+    "SaveTunedVideoUNet": "Save Tuned Video UNet",
+    "LoadTunedVideoUNet": "Load Tuned Video UNet",
+    "LoadVideoClip": "Load Video Clip (TuneVideo)",
+}

@@ -1,0 +1,136 @@
+"""The one place that touches ComfyUI. Everything here also works without a host (tests, headless use)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+try:  # ComfyUI present
+    import comfy.model_management as _mm
+    import comfy.utils as _cu
+    import folder_paths as _fp
+except ImportError:  # tests and headless use
+    _mm = _cu = _fp = None
+
+MODEL_FOLDER = "tunevideo"
+_EXTENSIONS = {".safetensors"}
+
+
+def has_host() -> bool:
+    return _fp is not None
+
+
+def _fallback_root() -> Path:
+    return Path(os.environ.get("TUNEVIDEO_HOME", Path.cwd() / "tunevideo_data"))
+
+
+def register_model_folder() -> None:
+    """Register ``models/tunevideo`` with ComfyUI's ``folder_paths`` (idempotent)."""
+    if _fp is None:
+        return
+    path = os.path.join(_fp.models_dir, MODEL_FOLDER)
+    if MODEL_FOLDER in _fp.folder_names_and_paths:
+        paths, exts = _fp.folder_names_and_paths[MODEL_FOLDER]
+        if path not in paths:
+            paths.append(path)
+        _fp.folder_names_and_paths[MODEL_FOLDER] = (paths, set(exts) | _EXTENSIONS)
+    else:
+        _fp.folder_names_and_paths[MODEL_FOLDER] = ([path], set(_EXTENSIONS))
+
+
+def model_dir() -> Path:
+    """Where tuned deltas are written: the first registered ``tunevideo`` folder."""
+    if _fp is None:
+        return _fallback_root() / "models" / MODEL_FOLDER
+    register_model_folder()
+    return Path(_fp.get_folder_paths(MODEL_FOLDER)[0])
+
+
+def list_models() -> list[str]:
+    if _fp is None:
+        root = model_dir()
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*.safetensors")) if root.exists() else []
+    register_model_folder()
+    return _fp.get_filename_list(MODEL_FOLDER)
+
+
+def model_path(name: str) -> Path:
+    """Full path of a file listed by :func:`list_models`; FileNotFoundError naming it otherwise."""
+    if _fp is not None:
+        full = _fp.get_full_path(MODEL_FOLDER, name)
+        if full:
+            return Path(full)
+    else:
+        full = model_dir() / name
+        if full.is_file():
+            return full
+    raise FileNotFoundError(f"tuned weights {name!r} not found in models/{MODEL_FOLDER}")
+
+
+def input_dir() -> Path:
+    return Path(_fp.get_input_directory()) if _fp is not None else _fallback_root() / "input"
+
+
+def input_path(name: str) -> Path:
+    """Resolve a file picked in an upload widget (``name`` may carry ComfyUI's ``[input]`` annotation)."""
+    if _fp is not None:
+        if not _fp.exists_annotated_filepath(name):
+            raise FileNotFoundError(f"video {name!r} not found in ComfyUI's input folder")
+        return Path(_fp.get_annotated_filepath(name))
+    path = Path(name) if os.path.isabs(name) else input_dir() / name
+    if not path.is_file():
+        raise FileNotFoundError(f"video {name!r} not found (looked for {path})")
+    return path
+
+
+def list_inputs(extensions: tuple[str, ...]) -> list[str]:
+    root = input_dir()
+    if not root.is_dir():
+        return []
+    return sorted(f.name for f in root.iterdir() if f.is_file() and f.suffix.lower() in extensions)
+
+
+def torch_device() -> torch.device:
+    if _mm is not None:
+        return _mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def free_memory_for_training() -> None:
+    """Unload other models so tuning has the accelerator to itself."""
+    if _mm is not None:
+        _mm.unload_all_models()
+        _mm.soft_empty_cache()
+
+
+def load_model(model) -> None:
+    """Have ComfyUI load ``model`` (a ModelPatcher) with its patches (e.g. LoRAs) applied."""
+    if _mm is not None and hasattr(model, "model"):
+        _mm.load_models_gpu([model])
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel."""
+    if _mm is not None:
+        _mm.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """Progress bar + interrupt check, callable as the engine's ``callback(step, total, info)``."""
+
+    def __init__(self, total: int, label: str = ""):
+        self.total = total
+        self.label = label
+        self._bar = _cu.ProgressBar(total) if _cu is not None else None
+
+    def __call__(self, step: int, total: int, info: dict | None = None) -> None:
+        check_interrupt()
+        if self._bar is not None:
+            self._bar.update_absolute(step, total)
+        if info and "loss" in info and (step % 25 == 0 or step == total):
+            logger.info("%s step %d/%d loss %.4f", self.label, step, total, float(info["loss"]))

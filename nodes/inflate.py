@@ -1,0 +1,32 @@
+"""InflateUNetTemporal: ComfyUI MODEL -> VIDEO_UNET (Tune-A-Video network inflation)."""
+
+from __future__ import annotations
+
+from ..modules.pipeline import video_model_from_ldm
+from . import host
+from .boundary import VIDEO_UNET, model_parts
+
+
+class InflateUNetTemporal:
+    """Turn an SD1.x/SD2.x MODEL into a space-time video UNet (sparse-causal + temporal attention)."""
+
+    CATEGORY = "TuneVideo/model"
+    FUNCTION = "inflate"
+    RETURN_TYPES = (VIDEO_UNET,)
+    RETURN_NAMES = ("video_unet",)
+    OUTPUT_TOOLTIPS = ("The inflated UNet with its noise schedule and latent scale; 2D weights shared with MODEL.",)
+    DESCRIPTION = ("Tune-A-Video inflation: self-attention becomes sparse-causal (first + previous frame), every "
+                   "transformer block gains zero-initialised temporal attention. Untuned, one frame equals the image "
+                   "model.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "An SD1.x or SD2.x model (e.g. from Load Checkpoint). LoRAs applied to it "
+                                           "are baked in. SDXL, SD3, Flux and video models are not supported."}),
+        }}
+
+    def inflate(self, model):
+        host.load_model(model)
+        state_dict, unet_config, schedule, scale = model_parts(model)
+        return (video_model_from_ldm(state_dict, unet_config, schedule, scale),)

@@ -1,0 +1,105 @@
+"""DDIMInvertVideo and SampleVideo: Tune-A-Video inference (Sec. 4.3)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..modules.ddim import ddim_invert, sample
+from ..modules.defaults import TAV
+from . import host
+from .boundary import INVERTED_KEY, VIDEO_UNET, check_context, conditioning_tensor, latent_to_video, video_to_latent
+
+logger = logging.getLogger(__name__)
+
+
+class DDIMInvertVideo:
+    """DDIM-invert source latents into structure-preserving noise."""
+
+    CATEGORY = "TuneVideo/sampling"
+    FUNCTION = "run"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("noise",)
+    OUTPUT_TOOLTIPS = ("Inverted noise x_T (unscaled LATENT, tagged so SampleVideo starts from it).",)
+    DESCRIPTION = "Deterministic DDIM inversion x_0 -> x_T with the (usually empty) prompt, as in Tune-A-Video."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_unet": (VIDEO_UNET, {"tooltip": "The tuned VIDEO_UNET."}),
+            "latent": ("LATENT", {"tooltip": "Source video latents (frames as batch), from VAE Encode."}),
+            "conditioning": ("CONDITIONING", {"tooltip": "Prompt used for inversion; Tune-A-Video uses the empty "
+                                                         "prompt."}),
+            "steps": ("INT", {"default": TAV.num_inv_steps, "min": 1, "max": 1000,
+                              "tooltip": "Inversion steps; use the same number in SampleVideo (50)."}),
+        }}
+
+    def run(self, video_unet, latent, conditioning, steps):
+        x0 = latent_to_video(latent, video_unet.latent_scale, "latent")
+        context = conditioning_tensor(conditioning, "conditioning")
+        check_context(context, video_unet, "conditioning")
+        device = host.torch_device()
+        fn = video_unet.model_fn(device)
+        x_t = ddim_invert(fn, video_unet.schedule, x0.to(device), context, steps,
+                          callback=host.Progress(steps, "DDIMInvertVideo"))
+        tag = {"steps": steps, "frames": x0.shape[2], "timestep": int(video_unet.schedule.ddim_timesteps(steps)[0])}
+        return (video_to_latent(x_t, video_unet.latent_scale, **{INVERTED_KEY: tag}),)
+
+
+class SampleVideo:
+    """DDIM-sample a video with classifier-free guidance."""
+
+    CATEGORY = "TuneVideo/sampling"
+    FUNCTION = "run"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Edited video latents, frames as batch; decode with VAE Decode.",)
+    DESCRIPTION = ("DDIM sampling from inverted noise (DDIMInvertVideo) or, for any other LATENT such as Empty Latent "
+                   "Image, from fresh seeded noise of its shape.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_unet": (VIDEO_UNET, {"tooltip": "The tuned VIDEO_UNET."}),
+            "positive": ("CONDITIONING", {"tooltip": "Edited prompt."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative prompt (Tune-A-Video: empty)."}),
+            "latent": ("LATENT", {"tooltip": "Inverted noise from DDIMInvertVideo, or an empty latent with one "
+                                             "batch entry per frame for fresh noise."}),
+            "steps": ("INT", {"default": TAV.num_inference_steps, "min": 1, "max": 1000,
+                              "tooltip": "DDIM steps (Tune-A-Video: 50)."}),
+            "cfg": ("FLOAT", {"default": TAV.guidance_scale, "min": 0.0, "max": 50.0, "step": 0.1,
+                              "tooltip": "Classifier-free guidance scale (Tune-A-Video: 12.5)."}),
+            "eta": ("FLOAT", {"default": TAV.eta, "min": 0.0, "max": 1.0, "step": 0.01,
+                              "tooltip": "DDIM eta: 0 is deterministic."}),
+            "seed": ("INT", {"default": TAV.seed, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
+                             "tooltip": "Seed for fresh noise and for eta > 0."}),
+        }}
+
+    def run(self, video_unet, positive, negative, latent, steps, cfg, eta, seed):
+        cond = conditioning_tensor(positive, "positive")
+        uncond = conditioning_tensor(negative, "negative")
+        check_context(cond, video_unet, "positive")
+        check_context(uncond, video_unet, "negative")
+        device = host.torch_device()
+        x = latent_to_video(latent, video_unet.latent_scale, "latent")
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        tag = latent.get(INVERTED_KEY)
+        if tag is None:
+            x = torch.randn(x.shape, generator=gen)
+        else:
+            _check_inverted(tag, video_unet, steps)
+        fn = video_unet.model_fn(device)
+        out = sample(fn, video_unet.schedule, x.to(device), cond, uncond, steps, cfg, eta, generator=gen,
+                     callback=host.Progress(steps, "SampleVideo"))
+        return (video_to_latent(out, video_unet.latent_scale),)
+
+
+def _check_inverted(tag: dict, video_unet, steps: int) -> None:
+    tuned = [r.frames for r in video_unet.history]
+    if tuned and tag.get("frames") != tuned[-1]:
+        raise ValueError(f"latent: inverted noise has {tag.get('frames')} frames but the VIDEO_UNET was tuned on "
+                         f"{tuned[-1]} frames; invert the same clip you tuned on (same frame_count/stride)")
+    if tag.get("steps") != steps:
+        logger.warning("SampleVideo: noise was inverted with %s steps but sampling uses %d; the start noise level "
+                       "differs slightly", tag.get("steps"), steps)

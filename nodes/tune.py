@@ -1,0 +1,64 @@
+"""OneShotTune: tune an inflated UNet on one video (Tune-A-Video Sec. 4.2)."""
+
+from __future__ import annotations
+
+from ..modules.defaults import TAV
+from ..modules.plot import loss_curve_image
+from ..modules.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns, tune
+from . import host
+from .boundary import VIDEO_UNET, check_context, conditioning_tensor, latent_to_video
+
+
+class OneShotTune:
+    """Fine-tune chosen projections of a VIDEO_UNET on the source clip with the denoising loss."""
+
+    CATEGORY = "TuneVideo/train"
+    FUNCTION = "run"
+    RETURN_TYPES = (VIDEO_UNET, "IMAGE")
+    RETURN_NAMES = ("video_unet", "loss_curve")
+    OUTPUT_TOOLTIPS = ("A new tuned VIDEO_UNET (the input is left unchanged).", "Loss per step, as an image.")
+    DESCRIPTION = "Tune-A-Video one-shot tuning: only attn1.to_q, attn2.to_q and attn_temp learn by default."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_unet": (VIDEO_UNET, {"tooltip": "Inflated UNet from InflateUNetTemporal (or a loaded delta)."}),
+            "latent": ("LATENT", {"tooltip": "Source video latents: frames as batch, from VAE Encode of the clip."}),
+            "positive": ("CONDITIONING", {"tooltip": "Source prompt describing the original video."}),
+            "steps": ("INT", {"default": TAV.max_train_steps, "min": 1, "max": 100000,
+                              "tooltip": "Optimisation steps (Tune-A-Video: 500)."}),
+            "learning_rate": ("FLOAT", {"default": TAV.learning_rate, "min": 1e-7, "max": 1e-2, "step": 1e-6,
+                                        "round": False, "tooltip": "AdamW learning rate (Tune-A-Video: 3e-5)."}),
+            "seed": ("INT", {"default": TAV.seed, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
+                             "tooltip": "Seed for the training noise and timesteps."}),
+            "trainable": (list(PRESETS) + ["custom"], {"default": "tune-a-video",
+                          "tooltip": "tune-a-video: attn1.to_q, attn2.to_q, attn_temp. custom: the patterns below."}),
+            "custom_patterns": ("STRING", {"default": "attn1.to_q, attn2.to_q, attn_temp", "multiline": True,
+                                           "tooltip": "Module-name suffixes or globs (comma/newline separated); "
+                                                      "used when trainable is 'custom'."}),
+            "batch_size": ("INT", {"default": TAV.train_batch_size, "min": 1, "max": 16,
+                                   "tooltip": "Copies of the clip per step, each with its own noise and timestep."}),
+            "gradient_checkpointing": ("BOOLEAN", {"default": TAV.gradient_checkpointing,
+                                                   "tooltip": "Recompute activations in backward: less memory, "
+                                                              "about 30% slower."}),
+            "mixed_precision": (list(PRECISIONS), {"default": "auto",
+                                "tooltip": "auto: bf16 autocast on GPU, fp32 on CPU. Trained weights keep an fp32 "
+                                           "master copy."}),
+        }, "optional": {
+            "prompt_note": ("STRING", {"default": "", "tooltip": "Source prompt text, stored in saved weights' "
+                                                                 "metadata (CONDITIONING carries no text)."}),
+        }}
+
+    def run(self, video_unet, latent, positive, steps, learning_rate, seed, trainable, custom_patterns, batch_size,
+            gradient_checkpointing, mixed_precision, prompt_note=""):
+        patterns = parse_patterns(custom_patterns if trainable == "custom" else trainable)
+        config = TuneConfig(steps=steps, learning_rate=learning_rate, batch_size=batch_size, trainable=patterns,
+                            seed=seed, gradient_checkpointing=gradient_checkpointing,
+                            mixed_precision=mixed_precision)
+        latents = latent_to_video(latent, video_unet.latent_scale, "latent")
+        context = conditioning_tensor(positive, "positive")
+        check_context(context, video_unet, "positive")
+        host.free_memory_for_training()
+        tuned, curve = tune(video_unet, latents, context, config, device=host.torch_device(),
+                            callback=host.Progress(steps, "OneShotTune"), prompt=prompt_note)
+        return (tuned, loss_curve_image(curve, title="OneShotTune loss"))

@@ -1,0 +1,131 @@
+"""Node faces without a ComfyUI host: a fake MODEL, the full Tune-A-Video chain under inference mode."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tunevideo import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from tunevideo.modules.convert import UnsupportedModelError, unet_to_ldm
+from tunevideo.modules.schedule import NoiseSchedule
+from tunevideo.nodes.boundary import INVERTED_KEY
+
+N = NODE_CLASS_MAPPINGS
+
+
+def fake_model(unet2d, unet_config, prediction="EPS", family="SD15"):
+    """What the nodes read off a ComfyUI ModelPatcher for SD1.x: weights, unet_config, sigmas, latent format."""
+    s = NoiseSchedule.scaled_linear()
+    sigmas = ((1 - s.alphas_cumprod) / s.alphas_cumprod).sqrt().float()
+    ldm = unet_to_ldm(unet2d)
+    inner = SimpleNamespace(
+        diffusion_model=SimpleNamespace(state_dict=lambda: dict(ldm)),
+        model_config=type(family, (), {"unet_config": unet_config})(),
+        model_type=SimpleNamespace(name=prediction),
+        model_sampling=SimpleNamespace(sigmas=sigmas),
+        latent_format=SimpleNamespace(scale_factor=0.18215),
+    )
+    return SimpleNamespace(model=inner)
+
+
+def cond(seed, dim=48):
+    return [[torch.randn(1, 7, dim, generator=torch.Generator().manual_seed(seed)), {"pooled_output": None}]]
+
+
+def test_mission_node_ids_are_registered_with_display_names():
+    for node_id in ("InflateUNetTemporal", "OneShotTune", "DDIMInvertVideo", "SampleVideo"):
+        assert node_id in N and node_id in NODE_DISPLAY_NAME_MAPPINGS
+
+
+@pytest.mark.parametrize("node_id", sorted(N))
+def test_every_input_has_a_tooltip_and_node_is_well_formed(node_id):
+    cls = N[node_id]
+    spec = cls.INPUT_TYPES()
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            assert len(entry) == 2 and entry[1].get("tooltip"), f"{node_id}.{name} lacks a tooltip"
+    assert hasattr(cls, cls.FUNCTION) and cls.CATEGORY.startswith("TuneVideo/")
+    assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES)
+
+
+def test_full_chain_under_inference_mode(tiny_unet2d, tiny_unet_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEVIDEO_HOME", str(tmp_path))
+    model = fake_model(tiny_unet2d, tiny_unet_config)
+    latent = {"samples": torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))}
+    latent_before = latent["samples"].clone()
+    src, empty, edit = cond(1), cond(2), cond(3)
+    with torch.inference_mode():
+        (video,) = N["InflateUNetTemporal"]().inflate(model)
+        base_state = {k: v.clone() for k, v in video.unet.state_dict().items()}
+        tuned, curve = N["OneShotTune"]().run(video, latent, src, steps=3, learning_rate=1e-3, seed=0,
+                                              trainable="tune-a-video", custom_patterns="", batch_size=1,
+                                              gradient_checkpointing=True, mixed_precision="auto",
+                                              prompt_note="a man skiing")
+        (noise,) = N["DDIMInvertVideo"]().run(tuned, latent, empty, steps=4)
+        (out,) = N["SampleVideo"]().run(tuned, edit, empty, noise, steps=4, cfg=7.5, eta=0.0, seed=1)
+        saved = N["SaveTunedVideoUNet"]().save(tuned, "tests/run")
+        rel = saved["result"][0]
+        (loaded,) = N["LoadTunedVideoUNet"]().load(video, rel, check_base=True)
+    assert curve.shape == (1, 256, 512, 3) and 0 <= curve.min() and curve.max() <= 1
+    assert noise["samples"].shape == (3, 4, 16, 16) and noise[INVERTED_KEY]["frames"] == 3
+    assert out["samples"].shape == (3, 4, 16, 16) and torch.isfinite(out["samples"]).all()
+    assert rel == "tests/run_00001.safetensors" and (tmp_path / "models" / "tunevideo" / rel).is_file()
+    a, b = tuned.unet.state_dict(), loaded.unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Nothing the graph fed in was changed.
+    assert torch.equal(latent["samples"], latent_before)
+    after = video.unet.state_dict()
+    assert all(torch.equal(base_state[k], after[k]) for k in base_state)
+    # A second save never overwrites the first.
+    with torch.inference_mode():
+        assert N["SaveTunedVideoUNet"]().save(tuned, "tests/run")["result"][0] == "tests/run_00002.safetensors"
+
+
+def test_inverted_latent_is_unscaled_comfy_convention(tiny_unet2d, tiny_unet_config):
+    from tunevideo.modules.ddim import ddim_invert
+
+    with torch.inference_mode():
+        (video,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config))
+        latent = {"samples": torch.randn(2, 4, 16, 16)}
+        (noise,) = N["DDIMInvertVideo"]().run(video, latent, cond(0), steps=3)
+        ref = ddim_invert(video.model_fn(), video.schedule, latent["samples"].permute(1, 0, 2, 3)[None] * 0.18215,
+                          cond(0)[0][0], 3)
+    assert torch.allclose(noise["samples"] * 0.18215, ref[0].permute(1, 0, 2, 3), atol=1e-6)
+
+
+def test_sample_from_empty_latent_uses_seeded_noise(tiny_unet2d, tiny_unet_config):
+    with torch.inference_mode():
+        (video,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config))
+        empty = {"samples": torch.zeros(2, 4, 16, 16)}
+        runs = [N["SampleVideo"]().run(video, cond(1), cond(2), empty, 2, 5.0, 0.0, seed)[0]["samples"]
+                for seed in (7, 7, 8)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_bad_inputs_give_clear_errors(tiny_unet2d, tiny_unet_config):
+    sdxl = dict(tiny_unet_config, adm_in_channels=2816, context_dim=2048)
+    with pytest.raises(UnsupportedModelError, match="MODEL is SDXL.*SDXL"):
+        N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, sdxl, family="SDXL"))
+    with pytest.raises(UnsupportedModelError, match="FLOW"):
+        N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config, prediction="FLOW"))
+    with torch.inference_mode():
+        (video,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config))
+        tune = N["OneShotTune"]()
+        args = dict(steps=1, learning_rate=1e-3, seed=0, trainable="tune-a-video", custom_patterns="",
+                    batch_size=1, gradient_checkpointing=False, mixed_precision="auto")
+        with pytest.raises(ValueError, match="latent has 8 latent channels"):
+            tune.run(video, {"samples": torch.zeros(2, 8, 16, 16)}, cond(0), **args)
+        with pytest.raises(ValueError, match="positive has 64-dim embeddings but the model expects 48"):
+            tune.run(video, {"samples": torch.zeros(2, 4, 16, 16)}, cond(0, dim=64), **args)
+        with pytest.raises(ValueError, match="'nope' matches no module"):
+            tune.run(video, {"samples": torch.zeros(2, 4, 16, 16)}, cond(0), **{**args, "trainable": "custom",
+                                                                               "custom_patterns": "nope"})
+        with pytest.raises(ValueError, match="positive must be a CONDITIONING"):
+            tune.run(video, {"samples": torch.zeros(2, 4, 16, 16)}, [], **args)
+        tuned, _ = tune.run(video, {"samples": torch.zeros(3, 4, 16, 16)}, cond(0), **args)
+        (noise,) = N["DDIMInvertVideo"]().run(tuned, {"samples": torch.zeros(5, 4, 16, 16)}, cond(0), steps=2)
+        with pytest.raises(ValueError, match="inverted noise has 5 frames but the VIDEO_UNET was tuned on 3"):
+            N["SampleVideo"]().run(tuned, cond(1), cond(2), noise, 2, 5.0, 0.0, 0)
+    with pytest.raises(ValueError, match="filename_prefix"):
+        N["SaveTunedVideoUNet"]().save(video, "../escape")
