@@ -1,0 +1,161 @@
+"""Write the shipped workflows (UI format + API-format twin) from one graph description per method.
+
+    python tools/make_workflows.py          # rewrites workflows/*.json and workflows/api/*.json
+
+Widget order for pack nodes comes from their INPUT_TYPES; core nodes' widget order is listed in CORE_WIDGETS
+(ComfyUI 0.3.64). Seed widgets get the frontend's extra "control_after_generate" value in the UI format only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# Core node id -> [(input name, type)] in widget order, and outputs [(name, type)].
+CORE = {
+    "CheckpointLoaderSimple": ([("ckpt_name", "COMBO")], [], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "CLIPTextEncode": ([("text", "STRING")], [("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
+    "VAEEncode": ([], [("pixels", "IMAGE"), ("vae", "VAE")], [("LATENT", "LATENT")]),
+    "VAEDecode": ([], [("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
+    "SaveAnimatedWEBP": ([("filename_prefix", "STRING"), ("fps", "FLOAT"), ("lossless", "BOOLEAN"),
+                          ("quality", "INT"), ("method", "COMBO")], [("images", "IMAGE")], []),
+    "CreateVideo": ([("fps", "FLOAT")], [("images", "IMAGE")], [("VIDEO", "VIDEO")]),
+    "SaveVideo": ([("filename_prefix", "STRING"), ("format", "COMBO"), ("codec", "COMBO")], [("video", "VIDEO")], []),
+    "PreviewImage": ([], [("images", "IMAGE")], []),
+}
+SEED_NAMES = {"seed", "noise_seed"}
+
+
+def pack_spec(node_id):
+    from tunevideo import NODE_CLASS_MAPPINGS
+
+    cls = NODE_CLASS_MAPPINGS[node_id]
+    spec = cls.INPUT_TYPES()
+    widgets, sockets = [], []
+    for section in ("required", "optional"):
+        for name, (kind, *_) in spec.get(section, {}).items():
+            if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+                widgets.append((name, "COMBO" if isinstance(kind, list) else kind))
+            else:
+                sockets.append((name, kind))
+    return widgets, sockets, list(zip(cls.RETURN_NAMES, cls.RETURN_TYPES, strict=True))
+
+
+def spec_of(node_id):
+    return CORE[node_id] if node_id in CORE else pack_spec(node_id)
+
+
+def tune_a_video_graph():
+    """Node id -> (class, title, widget values by name, links by input name -> (node, output slot))."""
+    return {
+        1: ("CheckpointLoaderSimple", "Load SD1.5 checkpoint", {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, {}),
+        2: ("LoadVideoClip", "Source video (24 frames, stride 2, 512x512)",
+            {"video": "man-skiing.mp4", "start_frame": 0, "frame_count": 24, "stride": 2, "width": 512,
+             "height": 512}, {}),
+        3: ("VAEEncode", None, {}, {"pixels": (2, 0), "vae": (1, 2)}),
+        4: ("CLIPTextEncode", "Source prompt", {"text": "a man is skiing"}, {"clip": (1, 1)}),
+        5: ("CLIPTextEncode", "Empty prompt (inversion + negative)", {"text": ""}, {"clip": (1, 1)}),
+        6: ("CLIPTextEncode", "Edited prompt", {"text": "mickey mouse is skiing on the snow"}, {"clip": (1, 1)}),
+        7: ("InflateUNetTemporal", None, {}, {"model": (1, 0)}),
+        8: ("OneShotTune", None,
+            {"steps": 500, "learning_rate": 3e-5, "seed": 33, "trainable": "tune-a-video",
+             "custom_patterns": "attn1.to_q, attn2.to_q, attn_temp", "batch_size": 1,
+             "gradient_checkpointing": True, "mixed_precision": "auto", "prompt_note": "a man is skiing"},
+            {"video_unet": (7, 0), "latent": (3, 0), "positive": (4, 0)}),
+        9: ("DDIMInvertVideo", None, {"steps": 50}, {"video_unet": (8, 0), "latent": (3, 0), "conditioning": (5, 0)}),
+        10: ("SampleVideo", None, {"steps": 50, "cfg": 12.5, "eta": 0.0, "seed": 33},
+             {"video_unet": (8, 0), "positive": (6, 0), "negative": (5, 0), "latent": (9, 0)}),
+        11: ("VAEDecode", None, {}, {"samples": (10, 0), "vae": (1, 2)}),
+        12: ("SaveAnimatedWEBP", None, {"filename_prefix": "tunevideo/tune_a_video", "fps": 12.0, "lossless": False,
+                                        "quality": 90, "method": "default"}, {"images": (11, 0), "fps": (2, 1)}),
+        13: ("CreateVideo", None, {"fps": 12.0}, {"images": (11, 0), "fps": (2, 1)}),
+        14: ("SaveVideo", None, {"filename_prefix": "tunevideo/tune_a_video", "format": "mp4", "codec": "h264"},
+             {"video": (13, 0)}),
+        15: ("SaveTunedVideoUNet", None, {"filename_prefix": "tune_a_video/man-skiing"}, {"video_unet": (8, 0)}),
+        16: ("PreviewImage", "Tuning loss", {}, {"images": (8, 1)}),
+    }
+
+
+NOTE = ("Tune-A-Video (Wu et al., ICCV 2023). Put man-skiing.mp4 (or any clip) in ComfyUI/input and an SD1.5 "
+        "checkpoint in models/checkpoints, edit the prompts, press Queue. Defaults are the paper's: 24 frames at "
+        "512x512 with stride 2, 500 tuning steps at lr 3e-5, 50 DDIM inversion + 50 sampling steps, cfg 12.5. "
+        "The tuned weights are saved to models/tunevideo and can be reused with Load Tuned Video UNet.")
+
+# Layout columns for the UI graph.
+POS = {1: (0, 0), 2: (0, 260), 4: (420, 0), 5: (420, 220), 6: (420, 440), 3: (420, 660), 7: (840, 0),
+       8: (840, 160), 9: (1260, 0), 10: (1260, 220), 11: (1680, 0), 12: (1680, 120), 13: (1680, 420),
+       14: (2000, 420), 15: (1260, 560), 16: (1260, 720)}
+
+
+def api_format(graph):
+    prompt = {}
+    for nid, (cls, title, values, links) in graph.items():
+        inputs = dict(values)
+        inputs.update({k: [str(src), slot] for k, (src, slot) in links.items()})
+        entry = {"class_type": cls, "inputs": inputs}
+        if title:
+            entry["_meta"] = {"title": title}
+        prompt[str(nid)] = entry
+    return prompt
+
+
+def ui_format(graph, note):
+    nodes, links, link_id = [], [], 0
+    out_links = {}
+    for nid, (cls, _, _, inputs) in graph.items():
+        widgets, sockets, outs = spec_of(cls)
+        for name, (src, slot) in inputs.items():
+            link_id += 1
+            src_cls = graph[src][0]
+            ltype = spec_of(src_cls)[2][slot][1]
+            links.append([link_id, src, slot, nid, name, ltype])
+            out_links.setdefault((src, slot), []).append(link_id)
+    link_by_target = {(lk[3], lk[4]): lk for lk in links}
+    for order, (nid, (cls, title, values, _)) in enumerate(graph.items()):
+        widgets, sockets, outs = spec_of(cls)
+        ui_inputs = []
+        for name, kind in sockets:
+            lk = link_by_target.get((nid, name))
+            ui_inputs.append({"name": name, "type": kind, "link": lk[0] if lk else None})
+        for name, kind in widgets:
+            lk = link_by_target.get((nid, name))
+            if lk:  # a widget converted to an input socket
+                ui_inputs.append({"name": name, "type": kind, "widget": {"name": name}, "link": lk[0]})
+        for i, entry in enumerate(ui_inputs):
+            lk = link_by_target.get((nid, entry["name"]))
+            if lk:
+                lk[4] = i  # UI links address input slots by index
+        widgets_values = []
+        for name, _ in widgets:
+            widgets_values.append(values.get(name, 12.0 if name == "fps" else None))
+            if name in SEED_NAMES:
+                widgets_values.append("fixed")
+        node = {"id": nid, "type": cls, "pos": list(POS.get(nid, (0, 0))), "size": [380, 120 + 26 * len(widgets)],
+                "flags": {}, "order": order, "mode": 0, "inputs": ui_inputs,
+                "outputs": [{"name": n, "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
+                            for i, (n, t) in enumerate(outs)],
+                "properties": {"Node name for S&R": cls}, "widgets_values": widgets_values}
+        if title:
+            node["title"] = title
+        nodes.append(node)
+    nodes.append({"id": 100, "type": "Note", "pos": [0, 620], "size": [400, 200], "flags": {}, "order": len(nodes),
+                  "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note],
+                  "title": "About this workflow"})
+    return {"last_node_id": 100, "last_link_id": link_id, "nodes": nodes, "links": links, "groups": [],
+            "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [40, 40]}}, "version": 0.4}
+
+
+def write(name, graph, note):
+    (ROOT / "workflows" / "api").mkdir(parents=True, exist_ok=True)
+    (ROOT / "workflows" / f"{name}.json").write_text(json.dumps(ui_format(graph, note), indent=1) + "\n")
+    (ROOT / "workflows" / "api" / f"{name}.json").write_text(json.dumps(api_format(graph), indent=1) + "\n")
+
+
+WORKFLOWS = {"tune_a_video": (tune_a_video_graph, NOTE)}
+
+if __name__ == "__main__":
+    for wf_name, (make, text) in WORKFLOWS.items():
+        write(wf_name, make(), text)
