@@ -28,3 +28,26 @@ def video_model_from_ldm(state_dict: Mapping[str, torch.Tensor], unet_config: Ma
     unet2d = unet_from_ldm(state_dict, unet_config, dtype=dtype)
     return VideoModel(unet=inflate_unet(unet2d), schedule=schedule, latent_scale=latent_scale,
                       base_hash=unet_hash(state_dict))
+
+
+def encode_frames(vae, frames: torch.Tensor, scale: float, chunk: int = 8) -> torch.Tensor:
+    """``[F, H, W, 3]`` in 0..1 -> scaled latents ``[1, 4, F, H/8, W/8]`` (VAE posterior mean, chunked)."""
+    dev, dtype = vae.device, vae.dtype
+    out = []
+    with torch.no_grad():
+        for part in frames.split(chunk):
+            x = part.permute(0, 3, 1, 2).to(dev, dtype) * 2 - 1
+            out.append(vae.encode(x).latent_dist.mean.float())
+    lat = torch.cat(out) * scale
+    return lat.permute(1, 0, 2, 3)[None]
+
+
+def decode_latents(vae, latents: torch.Tensor, scale: float, chunk: int = 8) -> torch.Tensor:
+    """Scaled latents ``[1, 4, F, h, w]`` -> frames ``[F, 8h, 8w, 3]`` in 0..1."""
+    dev, dtype = vae.device, vae.dtype
+    frames = []
+    with torch.no_grad():
+        for part in (latents[0].permute(1, 0, 2, 3) / scale).split(chunk):
+            img = vae.decode(part.to(dev, dtype)).sample.float()
+            frames.append(((img + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu())
+    return torch.cat(frames)

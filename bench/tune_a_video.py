@@ -1,0 +1,86 @@
+"""Tune-A-Video phases: tuning step (forward + backward + AdamW), inversion step, guided sampling step.
+
+Prints s/step, FLOPs/step, achieved TFLOP/s and peak memory per phase, and the projected time of the paper's
+schedule (500 tuning steps, 50 inversion + 50 sampling steps).
+
+    python bench/tune_a_video.py                       # CPU, small config, 8 frames 128x128
+    python bench/tune_a_video.py --device cuda --size sd15 --frames 24 --height 512 --width 512
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import build_video_model, count_flops, describe, peak_memory_gib, reset_peak, timed
+from tunevideo.modules.ddim import guided_output
+from tunevideo.modules.tune import TuneConfig, _precision, _prepare_unet, denoising_loss, select_trainable
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--size", choices=["small", "sd15"], default="small")
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--height", type=int, default=128)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                    help="tuning autocast (auto: bf16 on CUDA, fp32 on CPU); inference runs in the weights' dtype")
+    ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    amp = _precision(a.precision, dev)
+    weights = amp or torch.float32  # frozen weights stored in the autocast dtype on GPU, like a ComfyUI fp16 model
+    model, ctx_dim = build_video_model(a.size, a.device, weights)
+    x0 = torch.randn(1, 4, a.frames, a.height // 8, a.width // 8, device=dev)
+    ctx = torch.randn(1, 77, ctx_dim, device=dev)
+    print(f"device: {describe(a.device)}  torch {torch.__version__}")
+    print(f"model: {a.size}, clip f={a.frames} {a.height}x{a.width}, tuning autocast {amp}, "
+          f"checkpointing {not a.no_checkpointing}")
+
+    cfg = TuneConfig()
+    names = select_trainable(model.unet, cfg.trainable)
+    results = {}
+    with torch.enable_grad():
+        unet = _prepare_unet(model, names, dev, amp)
+        params = [p for n, p in unet.named_parameters() if n in set(names)]
+        opt = torch.optim.AdamW(params, lr=cfg.learning_rate)
+        if not a.no_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        gen = torch.Generator(device=dev).manual_seed(0)
+
+        def tune_step():
+            noise = torch.randn(x0.shape, generator=gen, device=dev)
+            t = torch.randint(0, 1000, (1,), generator=gen, device=dev)
+            loss = denoising_loss(unet, model.schedule, x0, ctx, t, noise, amp)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        results["tune"] = _measure("tune", tune_step, a)
+        print(f"  trainable: {sum(p.numel() for p in params) / 1e6:.1f}M values in {len(params)} tensors")
+    unet.eval()
+    fn = model.model_fn(dev)
+    uncond = torch.zeros_like(ctx)
+    with torch.no_grad():
+        results["invert"] = _measure("invert", lambda: fn(x0, torch.tensor([500], device=dev), uncond), a)
+        results["sample"] = _measure("sample", lambda: guided_output(fn, x0, 500, ctx, uncond, 12.5), a)
+    total_tune = 500 * results["tune"][0]
+    total_inf = 50 * (results["invert"][0] + results["sample"][0])
+    print(f"projected: 500 tuning steps {total_tune:.1f} s; 50 inversion + 50 guided sampling steps "
+          f"{total_inf:.1f} s")
+
+
+def _measure(name, step, a):
+    flops = count_flops(step)
+    reset_peak(a.device)
+    sec = timed(step, a.device, a.repeats)
+    print(f"  {name:>6}: {sec:.3f} s/step  {flops / 1e12:.3f} TFLOP/step  {flops / sec / 1e12:.3f} TFLOP/s  "
+          f"peak {peak_memory_gib(a.device):.2f} GiB")
+    return sec, flops
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Headless Tune-A-Video: the same engine as the ComfyUI nodes, driven from the command line.
+
+    python -m tunevideo tune-a-video --checkpoint v1-5.safetensors --video clip.mp4 \\
+        --source-prompt "a man is skiing" --prompt "mickey mouse is skiing on the snow" --out outputs/edit
+    python -m tunevideo demo            # built-in tiny random model + the shipped sample clip (outputs are noise)
+    python -m tunevideo self-check      # convert + inflate a tiny model and report what was done
+
+Writes ``edited.mp4``, ``edited.webp``, ``contact_sheet.png`` (source row over edited row), ``loss.png``, the tuned
+delta ``tuned.safetensors`` and ``summary.json`` into ``--out`` (which must not already contain them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint_io import save_delta, unet_hash
+from .convert import unet_to_ldm
+from .ddim import ddim_invert, sample
+from .defaults import TAV
+from .inflate import inflate_unet
+from .pipeline import decode_latents, encode_frames
+from .plot import loss_curve_image
+from .schedule import NoiseSchedule
+from .tune import PRECISIONS, TuneConfig, tune
+from .video_model import VideoModel
+
+logger = logging.getLogger("tunevideo")
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CLIP = ROOT / "assets" / "sample" / "man-skiing-8f-64.mp4"
+OUTPUTS = ("edited.mp4", "edited.webp", "contact_sheet.png", "loss.png", "tuned.safetensors", "summary.json")
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """Everything one Tune-A-Video edit needs besides the model (defaults: the paper's)."""
+
+    source_prompt: str
+    prompt: str
+    negative_prompt: str = ""
+    frames: int = TAV.n_sample_frames
+    start: int = TAV.sample_start_idx
+    stride: int = TAV.sample_frame_rate
+    width: int = TAV.width
+    height: int = TAV.height
+    tune_steps: int = TAV.max_train_steps
+    learning_rate: float = TAV.learning_rate
+    inversion_steps: int = TAV.num_inv_steps
+    sampling_steps: int = TAV.num_inference_steps
+    cfg: float = TAV.guidance_scale
+    seed: int = TAV.seed
+    precision: str = "auto"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _progress(label: str):
+    def cb(step, total, info):
+        if step == total or step % max(total // 10, 1) == 0:
+            loss = f" loss {float(info['loss']):.4f}" if "loss" in info else ""
+            logger.info("%s %d/%d%s", label, step, total, loss)
+    return cb
+
+
+def run_edit(checkpoint: Path, video: Path, out: Path, s: EditSettings, device: torch.device,
+             tokenizer_dir: str | None = None) -> dict:
+    """Load, tune, invert, sample, decode and write all outputs. Returns the summary written to summary.json."""
+    from .single_file import encode_prompt, load_checkpoint
+    from .video_io import contact_sheet, read_video, write_video
+
+    clash = [name for name in OUTPUTS if (out / name).exists()]
+    if clash:
+        raise FileExistsError(f"--out {out} already holds {clash}; choose an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    comp = load_checkpoint(checkpoint, tokenizer_dir=tokenizer_dir)
+    frames, fps = read_video(video, start=s.start, count=s.frames, stride=s.stride, width=s.width, height=s.height)
+    vae, text = comp.vae.to(device), comp.text_encoder.to(device)
+    latents = encode_frames(vae, frames, comp.latent_scale)
+    src, empty, edit, neg = encode_prompt(comp, [s.source_prompt, "", s.prompt, s.negative_prompt]).float().split(1)
+    text.to("cpu")
+    schedule = NoiseSchedule(comp.alphas_cumprod, comp.prediction_type)
+    base = VideoModel(inflate_unet(comp.unet), schedule, comp.latent_scale, unet_hash(unet_to_ldm(comp.unet)))
+    logger.info("loaded %s (%s, %s) and %d frames %dx%d in %.1fs", checkpoint.name, comp.kind,
+                comp.prediction_type, frames.shape[0], s.width, s.height, time.perf_counter() - t0)
+    config = TuneConfig(steps=s.tune_steps, learning_rate=s.learning_rate, seed=s.seed,
+                        mixed_precision=s.precision)
+    tuned, curve = tune(base, latents, src, config, device=device, callback=_progress("tune"),
+                        prompt=s.source_prompt)
+    fn = tuned.model_fn(device)
+    x_t = ddim_invert(fn, schedule, latents.to(device), empty, s.inversion_steps, callback=_progress("invert"))
+    gen = torch.Generator().manual_seed(s.seed)
+    edited = sample(fn, schedule, x_t, edit, neg, s.sampling_steps, s.cfg, generator=gen,
+                    callback=_progress("sample"))
+    result = decode_latents(vae, edited, comp.latent_scale)
+    write_video(result, out / "edited.mp4", fps)
+    write_video(result, out / "edited.webp", fps)
+    contact_sheet(torch.cat([frames, result]), columns=frames.shape[0], path=out / "contact_sheet.png")
+    _save_png(loss_curve_image(curve, title="tune loss"), out / "loss.png")
+    save_delta(tuned, out / "tuned.safetensors")
+    summary = {"checkpoint": str(checkpoint), "video": str(video), "settings": asdict(s), "device": str(device),
+               "base_model_hash": base.base_hash, "fps": fps, "loss_first": curve[0], "loss_last": curve[-1],
+               "seconds": round(time.perf_counter() - t0, 1), "outputs": list(OUTPUTS)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    logger.info("wrote %s in %.1fs", ", ".join(OUTPUTS), summary["seconds"])
+    return summary
+
+
+def _save_png(image: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray((image[0].numpy() * 255).round().astype("uint8")).save(path)
+
+
+def self_check() -> dict:
+    """Convert a tiny random SD1-layout UNet from LDM keys, inflate it, and check the key invariants."""
+    from diffusers import UNet2DConditionModel
+
+    from .convert import diffusers_config_from_unet_config, unet_from_ldm
+
+    cfg = {"model_channels": 32, "channel_mult": [1, 2, 2, 2], "num_res_blocks": [2] * 4,
+           "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1, "context_dim": 64,
+           "num_heads": 4, "num_head_channels": -1, "use_linear_in_transformer": False, "adm_in_channels": None}
+    torch.manual_seed(0)
+    ldm = unet_to_ldm(UNet2DConditionModel(**diffusers_config_from_unet_config(cfg)))
+    unet = unet_from_ldm(ldm, cfg)
+    video = inflate_unet(unet)
+    x, t, c = torch.randn(1, 4, 4, 16, 16), torch.tensor([500]), torch.randn(1, 8, 64)
+    with torch.no_grad():
+        one = (video(x[:, :, :1], t, c)[:, :, 0] - unet(x[:, :, 0], t, c).sample).abs().max().item()
+        out = video(x, t, c)
+    report = {"ldm_keys": len(ldm), "video_unet_keys": len(video.state_dict()),
+              "temporal_tensors": len(video.temporal_parameters()),
+              "params_2d_M": round(sum(p.numel() for p in unet.parameters()) / 1e6, 2),
+              "one_frame_max_diff_vs_2d": one, "video_output_shape": list(out.shape)}
+    if one > 1e-4:
+        raise RuntimeError(f"self-check failed: one-frame output differs from the 2D UNet by {one}")
+    return report
+
+
+def demo(out: Path, device: torch.device) -> dict:
+    """Tune-A-Video end to end on a built-in tiny random model and the shipped sample clip."""
+    from .single_file import write_tiny_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "tiny-sd15-random.safetensors"
+        write_tiny_checkpoint(ckpt, seed=0)
+        settings = EditSettings(source_prompt="a man is skiing", prompt="mickey mouse is skiing on the snow",
+                                frames=8, stride=1, width=64, height=64, tune_steps=30, learning_rate=1e-3,
+                                inversion_steps=10, sampling_steps=10, cfg=7.5)
+        logger.info("demo: tiny RANDOM-weight model, so the edited video is noise; see README for a real run")
+        return run_edit(ckpt, SAMPLE_CLIP, out, settings, device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunevideo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("tune-a-video", help="edit a video with Tune-A-Video")
+    e.add_argument("--checkpoint", required=True, type=Path, help="SD1.x/2.x single-file .safetensors")
+    e.add_argument("--video", required=True, type=Path)
+    e.add_argument("--source-prompt", required=True)
+    e.add_argument("--prompt", required=True, help="the edited prompt")
+    e.add_argument("--negative-prompt", default="")
+    e.add_argument("--out", required=True, type=Path)
+    e.add_argument("--tokenizer", default=None, help="folder with vocab.json + merges.txt (default: "
+                                                     "$COMFYUI_PATH/comfy/sd1_tokenizer)")
+    d = EditSettings("", "")
+    for name in ("frames", "start", "stride", "width", "height", "tune_steps", "inversion_steps", "sampling_steps",
+                 "seed"):
+        e.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("learning_rate", "cfg"):
+        e.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    e.add_argument("--precision", choices=PRECISIONS, default="auto")
+    e.add_argument("--device", default="auto")
+    m = sub.add_parser("demo", help="run the whole pipeline on a built-in tiny random model")
+    m.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    m.add_argument("--device", default="auto")
+    sub.add_parser("self-check", help="convert and inflate a tiny model, print what was done")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    if args.command == "self-check":
+        result = self_check()
+    elif args.command == "demo":
+        result = demo(args.out, _device(args.device))
+    else:
+        if not args.checkpoint.is_file():
+            raise SystemExit(f"--checkpoint {args.checkpoint} not found")
+        if not args.video.is_file():
+            raise SystemExit(f"--video {args.video} not found")
+        fields = {k: getattr(args, k) for k in EditSettings.__dataclass_fields__}
+        result = run_edit(args.checkpoint, args.video, args.out, EditSettings(**fields), _device(args.device),
+                          tokenizer_dir=args.tokenizer)
+    sys.stdout.write(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
