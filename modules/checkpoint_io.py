@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_write
 from .convert import strip_ldm_prefix
 from .inflate import TEMPORAL_MARKER
 from .video_model import VideoModel
@@ -52,22 +52,6 @@ def unet_hash(ldm_state_dict: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str], overwrite: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        if not overwrite and path.exists():  # someone else wrote it meanwhile
-            raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def delta_metadata(model: VideoModel) -> dict[str, str]:
     last = model.history[-1] if model.history else None
     meta = {
@@ -92,7 +76,7 @@ def save_delta(model: VideoModel, path: str | os.PathLike, overwrite: bool = Fal
     state = model.unet.state_dict()
     tensors = {k: state[k].detach().to("cpu").contiguous() for k in model.delta_names()}
     meta = delta_metadata(model)
-    _atomic_save(tensors, path, meta, overwrite)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite)
     logger.info("saved %d tensors to %s", len(tensors), path)
     return meta
 

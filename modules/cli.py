@@ -36,7 +36,7 @@ from .video_model import VideoModel
 
 logger = logging.getLogger("tunevideo")
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_CLIP = ROOT / "assets" / "sample" / "man-skiing-8f-64.mp4"
+SAMPLE_CLIP = ROOT / "assets" / "sample" / "man-skiing-16f-128.mp4"
 OUTPUTS = ("edited.mp4", "edited.webp", "contact_sheet.png", "loss.png", "tuned.safetensors", "summary.json")
 
 
