@@ -101,16 +101,24 @@ def torch_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def free_memory_for_training() -> None:
-    """Unload other models so tuning has the accelerator to itself."""
+def offload_device() -> torch.device:
+    """Where idle models wait (ComfyUI's UNet offload device; the CPU without a host)."""
+    if _mm is not None:
+        return _mm.unet_offload_device()
+    return torch.device("cpu")
+
+
+def free_accelerator() -> None:
+    """Unload other models so tuning or sampling has the accelerator to itself (ComfyUI reloads them on demand)."""
     if _mm is not None:
         _mm.unload_all_models()
         _mm.soft_empty_cache()
 
 
-def load_model(model) -> None:
-    """Have ComfyUI load ``model`` (a ModelPatcher) with its patches (e.g. LoRAs) applied."""
-    if _mm is not None and hasattr(model, "model"):
+def apply_patches(model) -> None:
+    """If ``model`` (a ModelPatcher) carries patches (LoRAs, ...), have ComfyUI load it so they are baked into the
+    weights its ``diffusion_model`` exposes."""
+    if _mm is not None and getattr(model, "patches", None):
         _mm.load_models_gpu([model])
 
 

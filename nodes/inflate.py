@@ -27,6 +27,10 @@ class InflateUNetTemporal:
         }}
 
     def inflate(self, model):
-        host.load_model(model)
+        host.apply_patches(model)
         state_dict, unet_config, schedule, scale = model_parts(model)
-        return (video_model_from_ldm(state_dict, unet_config, schedule, scale),)
+        video = video_model_from_ldm(state_dict, unet_config, schedule, scale)
+        parked = host.offload_device()
+        if video.unet.device != parked:  # weights were on the GPU: keep our copy where ComfyUI parks models
+            video = video.replace(unet=video.unet.clone(device=parked))
+        return (video,)

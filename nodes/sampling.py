@@ -40,6 +40,7 @@ class DDIMInvertVideo:
         context = conditioning_tensor(conditioning, "conditioning")
         check_context(context, video_unet, "conditioning")
         device = host.torch_device()
+        host.free_accelerator()
         fn = video_unet.model_fn(device)
         x_t = ddim_invert(fn, video_unet.schedule, x0.to(device), context, steps,
                           callback=host.Progress(steps, "DDIMInvertVideo"))
@@ -89,6 +90,7 @@ class SampleVideo:
             x = torch.randn(x.shape, generator=gen)
         else:
             _check_inverted(tag, video_unet, steps)
+        host.free_accelerator()
         fn = video_unet.model_fn(device)
         out = sample(fn, video_unet.schedule, x.to(device), cond, uncond, steps, cfg, eta, generator=gen,
                      callback=host.Progress(steps, "SampleVideo"))

@@ -58,7 +58,10 @@ class OneShotTune:
         latents = latent_to_video(latent, video_unet.latent_scale, "latent")
         context = conditioning_tensor(positive, "positive")
         check_context(context, video_unet, "positive")
-        host.free_memory_for_training()
+        host.free_accelerator()
         tuned, curve = tune(video_unet, latents, context, config, device=host.torch_device(),
                             callback=host.Progress(steps, "OneShotTune"), prompt=prompt_note)
+        parked = host.offload_device()
+        if tuned.unet.device != parked:  # ComfyUI cannot see our model: do not hold VRAM between nodes
+            tuned = tuned.replace(unet=tuned.unet.clone(device=parked))
         return (tuned, loss_curve_image(curve, title="OneShotTune loss"))
