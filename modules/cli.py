@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_io import save_delta, unet_hash
+from .checkpoint_io import save_delta
 from .convert import unet_to_ldm
 from .ddim import ddim_invert, sample
 from .defaults import TAV
@@ -93,7 +93,7 @@ def run_edit(checkpoint: Path, video: Path, out: Path, s: EditSettings, device: 
     src, empty, edit, neg = encode_prompt(comp, [s.source_prompt, "", s.prompt, s.negative_prompt]).float().split(1)
     text.to("cpu")
     schedule = NoiseSchedule(comp.alphas_cumprod, comp.prediction_type)
-    base = VideoModel(inflate_unet(comp.unet), schedule, comp.latent_scale, unet_hash(unet_to_ldm(comp.unet)))
+    base = VideoModel(inflate_unet(comp.unet), schedule, comp.latent_scale, comp.sha256_short)
     logger.info("loaded %s (%s, %s) and %d frames %dx%d in %.1fs", checkpoint.name, comp.kind,
                 comp.prediction_type, frames.shape[0], s.width, s.height, time.perf_counter() - t0)
     config = TuneConfig(steps=s.tune_steps, learning_rate=s.learning_rate, seed=s.seed,
