@@ -1,0 +1,191 @@
+"""A real ComfyUI host: start it on CPU with the pack linked in, queue the shipped API workflow over HTTP.
+
+Runs when COMFYUI_PATH points at a ComfyUI checkout (COMFYUI_PYTHON: the Python that runs it, with the pack's
+dependencies installed; default: this interpreter). Everything is written under a temporary --base-directory,
+so the user's ComfyUI folders are untouched. Skips with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFY = os.environ.get("COMFYUI_PATH")
+PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
+pytestmark = [pytest.mark.comfyui,
+              pytest.mark.skipif(not COMFY, reason="COMFYUI_PATH not set: real ComfyUI host tests skipped")]
+
+# Smallest UNet ComfyUI's model detection still calls SD1.5: it matches on model_channels 320, context_dim 768,
+# no linear projection and no ADM input; depth and level count are read from the weights.
+HOST_UNET = {"model_channels": 320, "channel_mult": [1, 1], "num_res_blocks": [1, 1], "transformer_depth": [1, 0],
+             "transformer_depth_middle": 1, "context_dim": 768, "num_heads": 8, "num_head_channels": -1,
+             "use_linear_in_transformer": False, "adm_in_channels": None, "in_channels": 4, "out_channels": 4}
+
+
+def write_host_checkpoint(path: Path) -> None:
+    """Random SD1.5-layout checkpoint: tiny UNet, and the full-size VAE and CLIP-L ComfyUI always builds for SD1."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from tunevideo.modules.convert import diffusers_config_from_unet_config, unet_to_ldm
+    from tunevideo.modules.single_file import text_encoder_to_ldm, vae_to_ldm
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**diffusers_config_from_unet_config(HOST_UNET))
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                        hidden_act="quick_gelu"))
+    sd = unet_to_ldm(unet, prefix="model.diffusion_model.")
+    sd.update(vae_to_ldm(vae))
+    sd.update(text_encoder_to_ldm(text))
+    save_file({k: v.detach().half().contiguous() for k, v in sd.items()}, str(path))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, payload: dict):
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"POST {url} -> {e.code}: {e.read().decode()[:2000]}") from e
+
+
+def _wait(prompt_id: str, base_url: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hist = _get(f"{base_url}/history/{prompt_id}")
+        if prompt_id in hist and hist[prompt_id].get("status", {}).get("completed") is not None:
+            return hist[prompt_id]
+        if prompt_id in hist and hist[prompt_id].get("status", {}).get("status_str") == "error":
+            return hist[prompt_id]
+        time.sleep(1)
+    raise AssertionError(f"prompt {prompt_id} did not finish in {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    if not (Path(COMFY) / "main.py").is_file():
+        pytest.skip(f"COMFYUI_PATH={COMFY} has no main.py")
+    base = tmp_path_factory.mktemp("comfy_base")
+    for sub in ("custom_nodes", "models/checkpoints", "input", "output", "user"):
+        (base / sub).mkdir(parents=True)
+    (base / "custom_nodes" / "ComfyUI-TuneVideo").symlink_to(ROOT, target_is_directory=True)
+    write_host_checkpoint(base / "models" / "checkpoints" / "tiny-sd15.safetensors")
+    shutil.copy(ROOT / "assets" / "sample" / "man-skiing-16f-128.mp4", base / "input" / "man-skiing.mp4")
+    port = _free_port()
+    log = open(base / "comfyui.log", "w")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--base-directory", str(base), "--disable-auto-launch"],
+                            cwd=COMFY, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            _get(f"{url}/object_info/InflateUNetTemporal", timeout=5)
+            break
+        except (urllib.error.URLError, ConnectionError, OSError) as e:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"ComfyUI did not start: {(base / 'comfyui.log').read_text()[-3000:]}") from e
+            time.sleep(1)
+    yield url, base
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _shrunk_workflow() -> dict:
+    api = json.loads((ROOT / "workflows" / "api" / "tune_a_video.json").read_text())
+    by_class = {n["class_type"]: n["inputs"] for n in api.values()}
+    by_class["CheckpointLoaderSimple"]["ckpt_name"] = "tiny-sd15.safetensors"
+    by_class["LoadVideoClip"].update(video="man-skiing.mp4", frame_count=4, stride=2, width=64, height=64)
+    by_class["OneShotTune"].update(steps=3, learning_rate=1e-3)
+    by_class["DDIMInvertVideo"]["steps"] = 3
+    by_class["SampleVideo"].update(steps=3, cfg=5.0)
+    return api
+
+
+def test_nodes_are_registered_with_the_host(host):
+    url, _ = host
+    info = _get(f"{url}/object_info")
+    for node_id in ("InflateUNetTemporal", "OneShotTune", "DDIMInvertVideo", "SampleVideo", "LoadVideoClip",
+                    "SaveTunedVideoUNet", "LoadTunedVideoUNet"):
+        assert node_id in info, node_id
+    assert info["OneShotTune"]["category"] == "TuneVideo/train"
+    assert "man-skiing.mp4" in info["LoadVideoClip"]["input"]["required"]["video"][0]
+    templates = _get(f"{url}/workflow_templates")
+    assert "tune_a_video" in templates.get("ComfyUI-TuneVideo", []), templates
+
+
+def test_api_workflow_runs_and_tuned_weights_reload(host):
+    url, base = host
+    reply = _post(f"{url}/prompt", {"prompt": _shrunk_workflow(), "client_id": "tunevideo-test"})
+    assert not reply.get("node_errors"), reply
+    result = _wait(reply["prompt_id"], url, timeout=900)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-3000:]
+    outputs = result["outputs"]
+    webp = outputs["12"]["images"][0]
+    assert (base / "output" / webp["subfolder"] / webp["filename"]).stat().st_size > 0
+    video_files = list((base / "output").rglob("*.mp4"))
+    assert video_files and video_files[0].stat().st_size > 0
+    delta = base / "models" / "tunevideo" / "tune_a_video" / "man-skiing_00001.safetensors"
+    assert delta.is_file()
+
+    # The delta reloads headlessly onto the same checkpoint: ComfyUI's MODEL and the single-file loader agree on
+    # the base-model hash, and the weights apply.
+    from tunevideo.modules.checkpoint_io import load_delta, read_delta
+    from tunevideo.modules.inflate import inflate_unet
+    from tunevideo.modules.single_file import load_checkpoint
+    from tunevideo.modules.video_model import VideoModel
+
+    comp = load_checkpoint(base / "models" / "checkpoints" / "tiny-sd15.safetensors", dtype=torch.float32,
+                           tokenizer_dir=None if os.environ.get("COMFYUI_PATH") is None else None)
+    model = VideoModel(inflate_unet(comp.unet), comp.schedule, comp.latent_scale, comp.sha256_short)
+    tensors, meta = read_delta(delta)
+    assert meta["base_model_hash"] == comp.sha256_short and meta["frames"] == "4" and meta["width"] == "64"
+    loaded = load_delta(model, delta)
+    state = loaded.unet.state_dict()
+    assert all(torch.equal(state[k].to(v.dtype), v) for k, v in tensors.items())
+
+    # And through the host: load the delta with LoadTunedVideoUNet and save it again; contents must be identical.
+    api = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd15.safetensors"}},
+           "2": {"class_type": "InflateUNetTemporal", "inputs": {"model": ["1", 0]}},
+           "3": {"class_type": "LoadTunedVideoUNet",
+                 "inputs": {"video_unet": ["2", 0], "weights": "tune_a_video/man-skiing_00001.safetensors",
+                            "check_base": True}},
+           "4": {"class_type": "SaveTunedVideoUNet", "inputs": {"video_unet": ["3", 0],
+                                                               "filename_prefix": "reloaded/copy"}}}
+    reply = _post(f"{url}/prompt", {"prompt": api, "client_id": "tunevideo-test"})
+    result = _wait(reply["prompt_id"], url, timeout=300)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-3000:]
+    again, _ = read_delta(base / "models" / "tunevideo" / "reloaded" / "copy_00001.safetensors")
+    assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
