@@ -27,6 +27,7 @@ CORE = {
     "PreviewImage": ([], [("images", "IMAGE")], []),
 }
 SEED_NAMES = {"seed", "noise_seed"}
+UPLOAD_KEYS = ("image_upload", "video_upload")  # the frontend adds an "upload" widget, serialised last as "image"
 
 
 def pack_spec(node_id):
@@ -36,11 +37,14 @@ def pack_spec(node_id):
     spec = cls.INPUT_TYPES()
     widgets, sockets = [], []
     for section in ("required", "optional"):
-        for name, (kind, *_) in spec.get(section, {}).items():
+        for name, (kind, *opts) in spec.get(section, {}).items():
             if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN"):
                 widgets.append((name, "COMBO" if isinstance(kind, list) else kind))
+                if opts and any(opts[0].get(k) for k in UPLOAD_KEYS):
+                    widgets.append(("upload", "UPLOAD"))
             else:
                 sockets.append((name, kind))
+    widgets.sort(key=lambda w: w[1] == "UPLOAD")  # the upload button comes after all other widgets
     return widgets, sockets, list(zip(cls.RETURN_NAMES, cls.RETURN_TYPES, strict=True))
 
 
@@ -85,9 +89,9 @@ NOTE = ("Tune-A-Video (Wu et al., ICCV 2023). Put man-skiing.mp4 (or any clip) i
         "The tuned weights are saved to models/tunevideo and can be reused with Load Tuned Video UNet.")
 
 # Layout columns for the UI graph.
-POS = {1: (0, 0), 2: (0, 260), 4: (420, 0), 5: (420, 220), 6: (420, 440), 3: (420, 660), 7: (840, 0),
-       8: (840, 160), 9: (1260, 0), 10: (1260, 220), 11: (1680, 0), 12: (1680, 120), 13: (1680, 420),
-       14: (2000, 420), 15: (1260, 560), 16: (1260, 720)}
+POS = {1: (0, 0), 2: (0, 200), 4: (440, 0), 5: (440, 220), 6: (440, 440), 3: (440, 660), 7: (880, 0),
+       8: (880, 170), 9: (1320, 0), 10: (1320, 200), 11: (1760, 0), 12: (1760, 150), 13: (1760, 440),
+       14: (2180, 440), 15: (1320, 500), 16: (1320, 640)}
 
 
 def api_format(graph):
@@ -129,7 +133,10 @@ def ui_format(graph, note):
             if lk:
                 lk[4] = i  # UI links address input slots by index
         widgets_values = []
-        for name, _ in widgets:
+        for name, kind in widgets:
+            if kind == "UPLOAD":
+                widgets_values.append("image")
+                continue
             widgets_values.append(values.get(name, 12.0 if name == "fps" else None))
             if name in SEED_NAMES:
                 widgets_values.append("fixed")
