@@ -5,6 +5,10 @@ schedule (500 tuning steps, 50 inversion + 50 sampling steps).
 
     python bench/tune_a_video.py                       # CPU, small config, 8 frames 128x128
     python bench/tune_a_video.py --device cuda --size sd15 --frames 24 --height 512 --width 512
+    python bench/tune_a_video.py --flops-only --size sd15 --frames 24 --height 512 --width 512   # no GPU needed
+
+--flops-only counts FLOPs on the meta device (no memory, no compute) and states what the issue's H100 targets
+(500 tuning steps <= 80 s; 50 inversion + 50 guided sampling steps <= 9 s) demand in TFLOP/s and utilisation.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import argparse
 import torch
 from common import build_video_model, count_flops, describe, peak_memory_gib, reset_peak, timed
 from tunevideo.modules.ddim import guided_output
+from tunevideo.modules.inflate import inflate_unet
 from tunevideo.modules.tune import TuneConfig, _precision, _prepare_unet, denoising_loss, select_trainable
+
+H100_BF16_DENSE = 989e12  # NVIDIA H100 SXM, dense bf16 tensor-core peak
 
 
 def main() -> None:
@@ -28,7 +35,10 @@ def main() -> None:
                     help="tuning autocast (auto: bf16 on CUDA, fp32 on CPU); inference runs in the weights' dtype")
     ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--flops-only", action="store_true", help="count FLOPs on the meta device and project")
     a = ap.parse_args()
+    if a.flops_only:
+        return flops_only(a)
     dev = torch.device(a.device)
     amp = _precision(a.precision, dev)
     weights = amp or torch.float32  # frozen weights stored in the autocast dtype on GPU, like a ComfyUI fp16 model
@@ -71,6 +81,40 @@ def main() -> None:
     total_inf = 50 * (results["invert"][0] + results["sample"][0])
     print(f"projected: 500 tuning steps {total_tune:.1f} s; 50 inversion + 50 guided sampling steps "
           f"{total_inf:.1f} s")
+
+
+def flops_only(a) -> None:
+    from common import CONFIGS
+    from diffusers import UNet2DConditionModel
+    from tunevideo.modules.convert import diffusers_config_from_unet_config
+
+    cfg = CONFIGS[a.size]
+    with torch.device("meta"):
+        unet = inflate_unet(UNet2DConditionModel(**diffusers_config_from_unet_config(cfg)))
+        x = torch.randn(1, 4, a.frames, a.height // 8, a.width // 8)
+        ctx = torch.randn(1, 77, cfg["context_dim"])
+        t = torch.tensor([500])
+    trainable = set(select_trainable(unet, TuneConfig().trainable))
+    for name, p in unet.named_parameters():
+        p.requires_grad_(name in trainable)
+
+    def fwd():
+        with torch.no_grad():
+            unet(x, t, ctx)
+
+    def fwd_bwd():
+        unet(x, t, ctx).float().pow(2).mean().backward()
+
+    f, fb = count_flops(fwd), count_flops(fwd_bwd)
+    tune = fb + (0 if a.no_checkpointing else f)  # checkpointing recomputes the forward once in backward
+    inference = 50 * (f + 2 * f)  # inversion b=1, guided sampling b=2
+    print(f"model {a.size}, clip f={a.frames} {a.height}x{a.width}, checkpointing {not a.no_checkpointing}")
+    print(f"  forward {f / 1e12:.2f} TFLOP; tuning step {tune / 1e12:.2f} TFLOP; "
+          f"50 inversion + 50 guided sampling steps {inference / 1e12:.0f} TFLOP")
+    for label, total, seconds in (("500 tuning steps", 500 * tune, 80), ("inversion + sampling", inference, 9)):
+        need = total / seconds
+        print(f"  {label} in {seconds} s needs {need / 1e12:.0f} TFLOP/s = {need / H100_BF16_DENSE:.0%} of H100 "
+              f"dense bf16 peak")
 
 
 def _measure(name, step, a):

@@ -9,7 +9,6 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
-
 from tunevideo.modules.convert import diffusers_config_from_unet_config
 from tunevideo.modules.inflate import inflate_unet
 
