@@ -25,6 +25,19 @@ CONFIGS = {
 }
 
 
+def bench_parser(doc: str):
+    """Arguments every benchmark takes: device, model size and clip shape."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--size", choices=list(CONFIGS), default="small")
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--height", type=int, default=128)
+    ap.add_argument("--width", type=int, default=128)
+    return ap
+
+
 def build_video_model(size: str, device: str, dtype: torch.dtype):
     from diffusers import UNet2DConditionModel
     from tunevideo.modules.convert import diffusers_config_from_unet_config

@@ -6,21 +6,14 @@
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from common import build_video_model, count_flops, describe, peak_memory_gib, reset_peak, timed
+from common import bench_parser, build_video_model, count_flops, describe, peak_memory_gib, reset_peak, timed
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--size", choices=["small", "sd15"], default="small")
-    ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--height", type=int, default=128)
-    ap.add_argument("--width", type=int, default=128)
+    ap = bench_parser(__doc__)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     ap.add_argument("--repeats", type=int, default=3)

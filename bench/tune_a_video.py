@@ -13,10 +13,8 @@ schedule (500 tuning steps, 50 inversion + 50 sampling steps).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from common import build_video_model, count_flops, describe, peak_memory_gib, reset_peak, timed
+from common import bench_parser, build_video_model, count_flops, describe, peak_memory_gib, reset_peak, timed
 from tunevideo.modules.ddim import guided_output
 from tunevideo.modules.inflate import inflate_unet
 from tunevideo.modules.tune import TuneConfig, _precision, _prepare_unet, denoising_loss, select_trainable
@@ -25,12 +23,7 @@ H100_BF16_DENSE = 989e12  # NVIDIA H100 SXM, dense bf16 tensor-core peak
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--size", choices=["small", "sd15"], default="small")
-    ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--height", type=int, default=128)
-    ap.add_argument("--width", type=int, default=128)
+    ap = bench_parser(__doc__)
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                     help="tuning autocast (auto: bf16 on CUDA, fp32 on CPU); inference runs in the weights' dtype")
     ap.add_argument("--no-checkpointing", action="store_true")
