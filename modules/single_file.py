@@ -5,11 +5,11 @@ Format: the original LDM checkpoint layout of Stable Diffusion (Rombach et al., 
 
 * ``model.diffusion_model.*``: the UNet (converted by :mod:`.convert`);
 * ``first_stage_model.*``: the KL autoencoder (LDM ``encoder.down.{i}.block.{j}``, ``mid.attn_1.{q,k,v,proj_out}``
-  with 1x1-conv attention weights, ...), converted here to diffusers' ``AutoencoderKL``;
+  with 1x1-conv attention weights, ...), converted by :mod:`.vae_convert` to diffusers' ``AutoencoderKL``;
 * ``cond_stage_model.transformer.[text_model.]*``: SD1's OpenAI CLIP ViT-L/14 text encoder (Radford et al., 2021),
-  already in Hugging Face ``CLIPTextModel`` naming;
+  already in Hugging Face ``CLIPTextModel`` naming (:mod:`.text_encoder`);
 * ``cond_stage_model.model.*``: SD2's OpenCLIP ViT-H/14 text encoder (fused ``attn.in_proj_weight``,
-  ``transformer.resblocks.{i}``, ``ln_final``), converted here to a ``CLIPTextModel`` with ``gelu``. SD2 conditions on
+  ``transformer.resblocks.{i}``, ``ln_final``), converted by :mod:`.text_encoder` to a ``CLIPTextModel``. SD2 conditions on
   the *penultimate* layer followed by the final layer norm (``text_layer=-2``);
 * optional ``alphas_cumprod`` (the DDPM buffers LDM saves) and ComfyUI's ``v_pred`` marker key.
 
@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +39,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from .atomic import atomic_write
 from .checkpoint_io import unet_hash
@@ -55,6 +53,24 @@ from .convert import (
     unet_to_ldm,
 )
 from .schedule import PREDICTION_TYPES, NoiseSchedule
+from .text_encoder import (
+    SD1_TEXT_PREFIX,
+    SD2_TEXT_PREFIX,
+    TokenizerNotFoundError,
+    byte_chars,
+    byte_tokenizer,
+    check_tokenizer_fits,
+    encode_tokens,
+    load_tokenizer,
+    open_clip_to_hf_keys,
+    text_encoder_from_ldm,
+    text_encoder_from_open_clip,
+    text_encoder_to_ldm,
+    tokenize,
+    write_byte_tokenizer,
+)
+from .vae_convert import LATENT_SCALE, VAE_PREFIX, vae_config_from_ldm, vae_from_ldm, vae_ldm_key_for, vae_to_ldm
+from .weights import describe_keys, sub_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +82,6 @@ __all__ = [
     "vae_ldm_key_for",
 ]
 
-VAE_PREFIX = "first_stage_model."
-SD1_TEXT_PREFIX = "cond_stage_model.transformer."
-SD1_TEXT_WRITE_PREFIX = SD1_TEXT_PREFIX + "text_model."
-SD2_TEXT_PREFIX = "cond_stage_model.model."
-LATENT_SCALE = 0.18215
 TINY_MARKER = "tunevideo_tiny"
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _UNSUPPORTED_PREFIXES = {
@@ -90,10 +101,6 @@ TINY_UNET_CONFIG: dict[str, Any] = {
 }
 TINY_VAE = {"block_out_channels": (32, 32, 64, 64), "layers_per_block": 2, "latent_channels": 4}
 TINY_TEXT = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 256, "max_position_embeddings": 77}
-
-
-class TokenizerNotFoundError(FileNotFoundError):
-    """No CLIP tokenizer files were given or found."""
 
 
 @dataclass
@@ -177,19 +184,6 @@ def _unsupported_reason(keys: Sequence[str]) -> str | None:
     return None
 
 
-def _describe_keys(keys: Sequence[str]) -> str:
-    groups: dict[str, int] = {}
-    for k in keys:
-        head = ".".join(k.split(".")[:2]) if k.count(".") >= 2 else k.split(".")[0]
-        groups[head] = groups.get(head, 0) + 1
-    top = sorted(groups.items(), key=lambda kv: -kv[1])[:6]
-    return ", ".join(f"{g}.* ({n})" for g, n in top) or "no tensors"
-
-
-def _sub(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
 def load_checkpoint(
     path: str | os.PathLike,
     dtype: torch.dtype = torch.float32,
@@ -218,29 +212,29 @@ def load_checkpoint(
     reason = _unsupported_reason(keys)
     if reason:
         raise UnsupportedModelError(f"{path.name}: found {reason}; only SD1.x / SD2.x single-file checkpoints are "
-                                    f"supported (keys: {_describe_keys(keys)})")
+                                    f"supported (keys: {describe_keys(keys)})")
     if not any(k.startswith(LDM_UNET_PREFIX) for k in keys):
         raise UnsupportedModelError(f"{path.name}: no {LDM_UNET_PREFIX}* UNet weights, so this is not an SD1.x/SD2.x "
-                                    f"single-file checkpoint (found {_describe_keys(keys)}; UNet-only, LoRA or "
+                                    f"single-file checkpoint (found {describe_keys(keys)}; UNet-only, LoRA or "
                                     f"diffusers-layout files are not read here)")
     is_sd2 = any(k.startswith(SD2_TEXT_PREFIX) for k in keys)
     if not is_sd2 and not any(k.startswith(SD1_TEXT_PREFIX) for k in keys):
         raise UnsupportedModelError(f"{path.name}: no text encoder ({SD1_TEXT_PREFIX}* for SD1 or {SD2_TEXT_PREFIX}* "
-                                    f"for SD2); found {_describe_keys(keys)}")
+                                    f"for SD2); found {describe_keys(keys)}")
     kind = "sd2" if is_sd2 else "sd1"
 
-    raw_unet = strip_ldm_prefix(_sub(tensors, LDM_UNET_PREFIX))
+    raw_unet = strip_ldm_prefix(sub_prefix(tensors, LDM_UNET_PREFIX))
     unet_config = detect_unet_config(raw_unet)
     unet = unet_from_ldm(raw_unet, unet_config, dtype=dtype)
     used = set(unet_to_ldm(unet))
     sha = unet_hash({k: v for k, v in raw_unet.items() if k in used})
     del raw_unet
 
-    vae = vae_from_ldm(_sub(tensors, VAE_PREFIX), dtype=dtype, name=path.name)
+    vae = vae_from_ldm(sub_prefix(tensors, VAE_PREFIX), dtype=dtype, name=path.name)
     if kind == "sd2":
-        text_encoder = text_encoder_from_open_clip(_sub(tensors, SD2_TEXT_PREFIX), dtype=dtype, name=path.name)
+        text_encoder = text_encoder_from_open_clip(sub_prefix(tensors, SD2_TEXT_PREFIX), dtype=dtype, name=path.name)
     else:
-        text_encoder = text_encoder_from_ldm(_sub(tensors, SD1_TEXT_PREFIX), dtype=dtype, name=path.name)
+        text_encoder = text_encoder_from_ldm(sub_prefix(tensors, SD1_TEXT_PREFIX), dtype=dtype, name=path.name)
     hidden = text_encoder.config.hidden_size
     if unet_config["context_dim"] != hidden:
         raise UnsupportedModelError(f"{path.name}: UNet cross-attention width {unet_config['context_dim']} does not "
@@ -248,7 +242,7 @@ def load_checkpoint(
 
     tiny = meta.get(TINY_MARKER) == "1"
     tokenizer = load_tokenizer(tokenizer_dir, kind=kind, tiny=tiny)
-    _check_tokenizer_fits(tokenizer, text_encoder, path)
+    check_tokenizer_fits(tokenizer, text_encoder, path)
     alphas = _alphas_cumprod(tensors.get("alphas_cumprod"), path)
     pred = _resolve_prediction_type(prediction_type, kind, meta, "v_pred" in tensors, path)
     comps = SDComponents(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, prediction_type=pred,
@@ -297,400 +291,6 @@ def _resolve_prediction_type(requested: str, kind: str, meta: Mapping[str, str],
 
 
 # -------------------------------------------------------------------------------------------------------------- VAE
-_VAE_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
-_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-
-def _vae_resnet(rest: str) -> str:
-    name, _, tail = rest.partition(".")
-    return f"{_VAE_RESNET[name]}.{tail}"
-
-
-def _vae_attn(rest: str) -> str:
-    for diff, ldm in _VAE_ATTN.items():
-        if rest.startswith(diff + "."):
-            return ldm + rest[len(diff):]
-    raise KeyError(rest)
-
-
-def vae_ldm_key_for(key: str, n_levels: int) -> str:
-    """LDM key (without ``first_stage_model.``) of diffusers ``AutoencoderKL`` key ``key`` for ``n_levels`` levels.
-
-    Both conversion directions are built from this one mapping.
-    """
-    part, _, rest = key.partition(".")
-    if part in ("quant_conv", "post_quant_conv"):
-        return key
-    if part not in ("encoder", "decoder"):
-        raise KeyError(key)
-    try:
-        if rest.startswith("conv_norm_out."):
-            return f"{part}.norm_out.{rest[len('conv_norm_out.'):]}"
-        if rest.startswith(("conv_in.", "conv_out.")):
-            return key
-        m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", rest)
-        if m:
-            if m[1] == "resnets":
-                return f"{part}.mid.block_{int(m[2]) + 1}.{_vae_resnet(m[3])}"
-            return f"{part}.mid.attn_{int(m[2]) + 1}.{_vae_attn(m[3])}"
-        m = re.match(r"down_blocks\.(\d+)\.(resnets|downsamplers)\.(\d+)\.(.+)", rest)
-        if m and part == "encoder":
-            if m[2] == "downsamplers":
-                return f"encoder.down.{m[1]}.downsample.{m[4]}"
-            return f"encoder.down.{m[1]}.block.{m[3]}.{_vae_resnet(m[4])}"
-        m = re.match(r"up_blocks\.(\d+)\.(resnets|upsamplers)\.(\d+)\.(.+)", rest)
-        if m and part == "decoder":
-            level = n_levels - 1 - int(m[1])  # LDM numbers decoder levels by resolution, diffusers by order of use
-            if m[2] == "upsamplers":
-                return f"decoder.up.{level}.upsample.{m[4]}"
-            return f"decoder.up.{level}.block.{m[3]}.{_vae_resnet(m[4])}"
-    except KeyError:
-        pass
-    raise KeyError(f"no LDM name for diffusers VAE key {key!r}")
-
-
-def vae_config_from_ldm(state_dict: Mapping[str, torch.Tensor], name: str = "state dict") -> dict[str, Any]:
-    """``AutoencoderKL`` config read off LDM VAE weights (keys with or without ``first_stage_model.``)."""
-    sd = _strip(state_dict, VAE_PREFIX)
-    need = ("encoder.conv_in.weight", "decoder.conv_in.weight", "decoder.conv_out.weight", "encoder.down.0.block.0"
-            ".conv1.weight")
-    missing = [k for k in need if k not in sd]
-    if missing:
-        raise UnsupportedModelError(f"{name}: no LDM KL-autoencoder weights ({VAE_PREFIX}{missing[0]} missing; "
-                                    f"found {_describe_keys(list(sd))})")
-    n = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.down."))
-    nrb = 1 + max(int(k.split(".")[4]) for k in sd if k.startswith("encoder.down.0.block."))
-    channels = []
-    for i in range(n):
-        w = sd.get(f"encoder.down.{i}.block.0.conv1.weight")
-        if w is None:
-            raise UnsupportedModelError(f"{name}: unexpected VAE layout, no encoder.down.{i}.block.0.conv1.weight")
-        channels.append(int(w.shape[0]))
-    if any(c % 32 for c in channels):
-        raise UnsupportedModelError(f"{name}: VAE channels {channels} are not multiples of 32 (GroupNorm groups)")
-    return {
-        "in_channels": int(sd["encoder.conv_in.weight"].shape[1]),
-        "out_channels": int(sd["decoder.conv_out.weight"].shape[0]),
-        "down_block_types": ["DownEncoderBlock2D"] * n,
-        "up_block_types": ["UpDecoderBlock2D"] * n,
-        "block_out_channels": channels,
-        "layers_per_block": nrb,
-        "latent_channels": int(sd["decoder.conv_in.weight"].shape[1]),
-        "norm_num_groups": 32,
-        "sample_size": 512,
-        "scaling_factor": LATENT_SCALE,
-        "use_quant_conv": "quant_conv.weight" in sd,
-        "use_post_quant_conv": "post_quant_conv.weight" in sd,
-        "mid_block_add_attention": "encoder.mid.attn_1.q.weight" in sd,
-    }
-
-
-def _strip(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    if any(k.startswith(prefix) for k in state_dict):
-        return _sub(state_dict, prefix)
-    return dict(state_dict)
-
-
-def _assign(model: torch.nn.Module, target_to_value: dict[str, torch.Tensor], name: str) -> None:
-    """Load ``target_to_value`` into a meta-device ``model`` (reshaping 1x1 convs <-> linears), checking shapes."""
-    target = model.state_dict()
-    for key, value in list(target_to_value.items()):
-        want = target[key].shape
-        if value.shape != want:
-            if value.numel() == target[key].numel() and value.dim() in (2, 4) and len(want) in (2, 4):
-                target_to_value[key] = value.reshape(want)
-            else:
-                raise UnsupportedModelError(f"{name}: weight for {key!r} has shape {tuple(value.shape)}, the config "
-                                            f"read off the weights expects {tuple(want)}")
-    model.load_state_dict(target_to_value, assign=True, strict=True)
-
-
-def _check_no_meta(model: torch.nn.Module, name: str) -> None:
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:
-        raise RuntimeError(f"{name}: internal error, tensors left uninitialised after loading: {left[:3]}")
-
-
-def vae_from_ldm(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None,
-                 name: str = "state dict") -> AutoencoderKL:
-    """Build a diffusers ``AutoencoderKL`` from LDM VAE weights (``first_stage_model.`` prefix optional).
-
-    LDM stores the mid-block attention projections as 1x1 convs ``[C, C, 1, 1]``; they become linears ``[C, C]``.
-    """
-    sd = _strip(state_dict, VAE_PREFIX)
-    config = vae_config_from_ldm(sd, name)
-    with torch.device("meta"):
-        vae = AutoencoderKL(**config)
-    n = len(config["block_out_channels"])
-    values, missing = {}, []
-    for key in vae.state_dict():
-        ldm = vae_ldm_key_for(key, n)
-        if ldm not in sd:
-            missing.append(VAE_PREFIX + ldm)
-            continue
-        values[key] = sd[ldm].to(dtype) if dtype is not None else sd[ldm]
-    if missing:
-        raise UnsupportedModelError(f"{name}: VAE lacks {len(missing)} weights its layout needs, e.g. {missing[:3]}")
-    unused = sorted(set(sd) - {vae_ldm_key_for(k, n) for k in values})
-    if unused:
-        logger.warning("%s: ignoring %d unexpected VAE keys, e.g. %s", name, len(unused), unused[:3])
-    _assign(vae, values, name)
-    _check_no_meta(vae, name)
-    return vae.eval()
-
-
-def vae_to_ldm(vae: AutoencoderKL, prefix: str = VAE_PREFIX) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`vae_from_ldm`: LDM-layout weights (attention projections as 1x1 convs), keys prefixed."""
-    n = len(vae.config.block_out_channels)
-    out = {}
-    for key, value in vae.state_dict().items():
-        ldm = vae_ldm_key_for(key, n)
-        if ".mid.attn_" in ldm and ldm.endswith(".weight") and value.dim() == 2:
-            value = value[:, :, None, None]
-        out[prefix + ldm] = value
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------ text encoders
-def _text_core(model: CLIPTextModel) -> torch.nn.Module:
-    """transformers 4.x nests the modules under ``text_model``; 5.x keeps them on the model itself."""
-    return getattr(model, "text_model", model)
-
-
-def _model_key(model: CLIPTextModel, bare: str) -> str:
-    return f"text_model.{bare}" if hasattr(model, "text_model") else bare
-
-
-def _clip_config(bare: Mapping[str, torch.Tensor], act: str, num_heads: int | None, name: str) -> CLIPTextConfig:
-    need = ("embeddings.token_embedding.weight", "embeddings.position_embedding.weight", "encoder.layers.0.mlp.fc1"
-            ".weight", "final_layer_norm.weight")
-    missing = [k for k in need if k not in bare]
-    if missing:
-        raise UnsupportedModelError(f"{name}: text encoder lacks {missing[0]} (found {_describe_keys(list(bare))})")
-    vocab, hidden = bare["embeddings.token_embedding.weight"].shape
-    layers = 1 + max(int(k.split(".")[2]) for k in bare if k.startswith("encoder.layers."))
-    if num_heads is None:
-        if hidden % 64:
-            raise UnsupportedModelError(f"{name}: text width {hidden} is not a multiple of the 64-wide CLIP heads")
-        num_heads = hidden // 64
-    return CLIPTextConfig(
-        vocab_size=int(vocab), hidden_size=int(hidden), num_hidden_layers=layers, num_attention_heads=num_heads,
-        intermediate_size=int(bare["encoder.layers.0.mlp.fc1.weight"].shape[0]),
-        max_position_embeddings=int(bare["embeddings.position_embedding.weight"].shape[0]), hidden_act=act,
-        bos_token_id=int(vocab) - 2, eos_token_id=int(vocab) - 1, pad_token_id=int(vocab) - 1,
-    )
-
-
-def _build_text(bare: dict[str, torch.Tensor], act: str, dtype: torch.dtype | None, num_heads: int | None,
-                name: str, ignorable: tuple[str, ...]) -> CLIPTextModel:
-    config = _clip_config(bare, act, num_heads, name)
-    with torch.device("meta"):
-        model = CLIPTextModel(config)
-    targets = set(model.state_dict())
-    values, missing = {}, []
-    for key in targets:
-        b = key.removeprefix("text_model.")
-        if b not in bare:
-            missing.append(b)
-            continue
-        values[key] = bare[b].to(dtype) if dtype is not None else bare[b]
-    if missing:
-        raise UnsupportedModelError(f"{name}: text encoder lacks {len(missing)} weights, e.g. {sorted(missing)[:3]}")
-    unused = sorted(k for k in set(bare) - {k.removeprefix("text_model.") for k in targets}
-                    if not k.endswith(ignorable))
-    if unused:
-        logger.warning("%s: ignoring %d unexpected text-encoder keys, e.g. %s", name, len(unused), unused[:3])
-    _assign(model, values, name)
-    core = _text_core(model)
-    core.embeddings.position_ids = torch.arange(config.max_position_embeddings).unsqueeze(0)  # non-persistent buffer
-    _check_no_meta(model, name)
-    return model.eval()
-
-
-def text_encoder_from_ldm(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None,
-                          num_heads: int | None = None, name: str = "state dict") -> CLIPTextModel:
-    """SD1 text encoder: ``cond_stage_model.transformer.[text_model.]*`` -> ``CLIPTextModel`` (``quick_gelu``).
-
-    The config (width, layers, heads = width / 64 unless ``num_heads``, MLP width, vocab, positions) comes from the
-    weight shapes.
-    """
-    sd = _strip(state_dict, SD1_TEXT_PREFIX)
-    bare = {k.removeprefix("text_model."): v for k, v in sd.items()}
-    return _build_text(bare, "quick_gelu", dtype, num_heads, name, ("position_ids",))
-
-
-def text_encoder_to_ldm(model: CLIPTextModel, prefix: str = SD1_TEXT_WRITE_PREFIX) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`text_encoder_from_ldm`: SD1 checkpoint keys (``...transformer.text_model.*``)."""
-    return {prefix + k.removeprefix("text_model."): v for k, v in model.state_dict().items()}
-
-
-_OPEN_CLIP_LAYER = {"ln_1.": "layer_norm1.", "ln_2.": "layer_norm2.", "mlp.c_fc.": "mlp.fc1.",
-                    "mlp.c_proj.": "mlp.fc2.", "attn.out_proj.": "self_attn.out_proj."}
-_OPEN_CLIP_IGNORED = ("text_projection", "logit_scale", "attn_mask")
-
-
-def open_clip_to_hf_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """OpenCLIP text-transformer keys (prefix ``cond_stage_model.model.`` optional) -> bare ``CLIPTextModel`` keys.
-
-    The fused ``attn.in_proj_weight`` ``[3D, D]`` (rows: q, k, v, as ``torch.nn.MultiheadAttention`` uses them) is
-    split into ``q_proj``, ``k_proj``, ``v_proj``; ``text_projection`` and the vision tower are not needed and dropped.
-    """
-    sd = _strip(state_dict, SD2_TEXT_PREFIX)
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if key == "token_embedding.weight":
-            out["embeddings.token_embedding.weight"] = value
-        elif key == "positional_embedding":
-            out["embeddings.position_embedding.weight"] = value
-        elif key.startswith("ln_final."):
-            out["final_layer_norm." + key[len("ln_final."):]] = value
-        elif m := re.match(r"transformer\.resblocks\.(\d+)\.(.+)", key):
-            pre, rest = f"encoder.layers.{m[1]}.", m[2]
-            if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
-                kind = rest.rsplit("_", 1)[1]
-                if value.shape[0] % 3:
-                    raise UnsupportedModelError(f"OpenCLIP {key} has {value.shape[0]} rows, not 3 x width")
-                for proj, part in zip(("q", "k", "v"), value.chunk(3, dim=0), strict=True):
-                    out[f"{pre}self_attn.{proj}_proj.{kind}"] = part.clone()
-                continue
-            for old, new in _OPEN_CLIP_LAYER.items():
-                if rest.startswith(old):
-                    out[pre + new + rest[len(old):]] = value
-                    break
-            else:
-                out["unmapped." + key] = value
-        elif key.startswith(_OPEN_CLIP_IGNORED) or key.startswith("visual."):
-            continue
-        else:
-            out["unmapped." + key] = value
-    return out
-
-
-def text_encoder_from_open_clip(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None,
-                                num_heads: int | None = None, name: str = "state dict") -> CLIPTextModel:
-    """SD2 text encoder: OpenCLIP ``cond_stage_model.model.*`` -> ``CLIPTextModel`` with exact ``gelu``.
-
-    Heads default to width / 64 (ViT-H/14: 1024 / 64 = 16). Use ``text_layer=-2`` with it (see :func:`encode_tokens`).
-    """
-    return _build_text(open_clip_to_hf_keys(state_dict), "gelu", dtype, num_heads, name, ())
-
-
-# --------------------------------------------------------------------------------------------------------- tokenizers
-def _byte_chars() -> list[str]:
-    """The 256 printable stand-ins byte-level BPE (GPT-2 / CLIP) uses for the bytes 0..255, in CLIP's vocab order:
-    printable Latin-1 bytes map to themselves, the other 68 bytes to code points 256, 257, ..."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
-    kept = set(keep)
-    rest = [b for b in range(256) if b not in kept]
-    return [chr(b) for b in keep] + [chr(256 + i) for i in range(len(rest))]
-
-
-def write_byte_tokenizer(folder: str | os.PathLike) -> Path:
-    """Write a CLIP-compatible byte-level tokenizer (``vocab.json`` + ``merges.txt``) to ``folder``.
-
-    Vocab (514 entries): the 256 byte characters, the same with ``</w>`` (end of word), ``<|startoftext|>`` (512) and
-    ``<|endoftext|>`` (513); no merges, so every character is one token. It is the tiny model's tokenizer.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = _byte_chars()
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False),
-                                       encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    return folder
-
-
-def _from_folder(folder: Path, kind: str) -> CLIPTokenizer:
-    # OpenCLIP (SD2) pads with token 0 ("!"), OpenAI CLIP (SD1) with <|endoftext|>.
-    extra = {"pad_token": "!"} if kind == "sd2" else {}
-    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, model_max_length=77, **extra)
-
-
-def byte_tokenizer(kind: str = "sd1") -> CLIPTokenizer:
-    """The built-in byte-level tokenizer (see :func:`write_byte_tokenizer`), generated into a temporary folder."""
-    with tempfile.TemporaryDirectory(prefix="tunevideo-tok-") as tmp:
-        return _from_folder(write_byte_tokenizer(tmp), kind)
-
-
-def _tokenizer_files_ok(folder: Path) -> bool:
-    bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
-    return bpe or (folder / "tokenizer.json").is_file()
-
-
-_HOW_TO_TOKENIZER = ("pass tokenizer_dir=<folder with vocab.json and merges.txt> (CLI: --tokenizer), e.g. ComfyUI's "
-                     "comfy/sd1_tokenizer, or set COMFYUI_PATH to a ComfyUI checkout")
-
-
-def load_tokenizer(tokenizer_dir: str | os.PathLike | None = None, kind: str = "sd1",
-                   tiny: bool = False) -> CLIPTokenizer:
-    """The CLIP BPE tokenizer, from local files only.
-
-    Order: the built-in byte tokenizer for tiny models; ``tokenizer_dir``; ``$COMFYUI_PATH/comfy/sd1_tokenizer``
-    (SD1 and SD2 share that vocabulary). Raises :class:`TokenizerNotFoundError` saying how to provide one.
-    """
-    if tiny:
-        if tokenizer_dir is not None:
-            logger.info("tiny built-in model: using its built-in byte tokenizer, not %s", tokenizer_dir)
-        return byte_tokenizer(kind)
-    if tokenizer_dir is not None:
-        folder = Path(tokenizer_dir)
-        if not folder.is_dir() or not _tokenizer_files_ok(folder):
-            raise TokenizerNotFoundError(f"tokenizer_dir {folder} is not a folder with vocab.json and merges.txt "
-                                         f"(or tokenizer.json)")
-        return _from_folder(folder, kind)
-    comfy = os.environ.get("COMFYUI_PATH")
-    if comfy:
-        folder = Path(comfy) / "comfy" / "sd1_tokenizer"
-        if folder.is_dir() and _tokenizer_files_ok(folder):
-            return _from_folder(folder, kind)
-        raise TokenizerNotFoundError(f"COMFYUI_PATH is set but {folder} has no vocab.json + merges.txt; "
-                                     f"{_HOW_TO_TOKENIZER}")
-    raise TokenizerNotFoundError(f"no CLIP tokenizer available offline: {_HOW_TO_TOKENIZER}")
-
-
-def _check_tokenizer_fits(tokenizer: Any, text_encoder: CLIPTextModel, path: Path) -> None:
-    try:
-        size = len(tokenizer)
-    except TypeError:
-        return  # a plain callable: checked per call in tokenize()
-    vocab = text_encoder.config.vocab_size
-    if size > vocab:
-        raise ValueError(f"{path.name}: the tokenizer has {size} tokens but the text encoder only {vocab}; "
-                         f"it is the wrong tokenizer for this checkpoint")
-
-
-def tokenize(tokenizer: Any, prompts: Sequence[str], length: int = 77) -> torch.Tensor:
-    """``input_ids`` ``[B, length]`` (int64): padded to ``length``, longer prompts truncated (end token kept)."""
-    out = tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-    ids = out if isinstance(out, torch.Tensor) else out["input_ids"]
-    ids = torch.as_tensor(ids, dtype=torch.long)
-    if ids.shape != (len(prompts), length):
-        raise ValueError(f"tokenizer returned input_ids of shape {tuple(ids.shape)}, expected "
-                         f"({len(prompts)}, {length})")
-    return ids
-
-
-# ---------------------------------------------------------------------------------------------------------- encoding
-def encode_tokens(text_encoder: CLIPTextModel, input_ids: torch.Tensor, text_layer: int = -1) -> torch.Tensor:
-    """Text conditioning ``[B, N, D]`` from ``input_ids`` ``[B, N]``.
-
-    ``text_layer=-1``: the last layer's output after the final layer norm (SD1). ``-2``: the penultimate layer's
-    output, then the final layer norm (SD2). No attention mask: SD attends over the padding too.
-    """
-    vocab = text_encoder.config.vocab_size
-    if int(input_ids.max()) >= vocab or int(input_ids.min()) < 0:
-        raise ValueError(f"token ids span [{int(input_ids.min())}, {int(input_ids.max())}], outside the text "
-                         f"encoder's vocabulary of {vocab}")
-    device = next(text_encoder.parameters()).device
-    ids = input_ids.to(device)
-    with torch.no_grad():
-        if text_layer == -1:
-            return text_encoder(input_ids=ids).last_hidden_state
-        hidden = text_encoder(input_ids=ids, output_hidden_states=True).hidden_states[text_layer]
-        return _text_core(text_encoder).final_layer_norm(hidden)
-
-
 def encode_prompt(components: SDComponents, prompts: list[str]) -> torch.Tensor:
     """Encode ``prompts`` (``B`` strings) to ``[B, 77, D]`` conditioning, as SD1 / SD2 do (see :func:`encode_tokens`).
 
@@ -725,7 +325,7 @@ def tiny_modules(seed: int = 0) -> tuple[UNet2DConditionModel, AutoencoderKL, CL
         unet = UNet2DConditionModel(**diffusers_config_from_unet_config(TINY_UNET_CONFIG))
         vae = AutoencoderKL(down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
                             norm_num_groups=32, sample_size=512, scaling_factor=LATENT_SCALE, **TINY_VAE)
-        vocab = len(_byte_chars()) * 2 + 2
+        vocab = len(byte_chars()) * 2 + 2
         text = CLIPTextModel(CLIPTextConfig(vocab_size=vocab, num_attention_heads=TINY_TEXT["hidden_size"] // 64,
                                             hidden_act="quick_gelu", bos_token_id=vocab - 2, eos_token_id=vocab - 1,
                                             pad_token_id=vocab - 1, **TINY_TEXT))
