@@ -9,8 +9,8 @@ Format: the original LDM checkpoint layout of Stable Diffusion (Rombach et al., 
 * ``cond_stage_model.transformer.[text_model.]*``: SD1's OpenAI CLIP ViT-L/14 text encoder (Radford et al., 2021),
   already in Hugging Face ``CLIPTextModel`` naming (:mod:`.text_encoder`);
 * ``cond_stage_model.model.*``: SD2's OpenCLIP ViT-H/14 text encoder (fused ``attn.in_proj_weight``,
-  ``transformer.resblocks.{i}``, ``ln_final``), converted by :mod:`.text_encoder` to a ``CLIPTextModel``. SD2 conditions on
-  the *penultimate* layer followed by the final layer norm (``text_layer=-2``);
+  ``transformer.resblocks.{i}``, ``ln_final``), converted by :mod:`.text_encoder` to a ``CLIPTextModel``.
+  SD2 conditions on the *penultimate* layer followed by the final layer norm (``text_layer=-2``);
 * optional ``alphas_cumprod`` (the DDPM buffers LDM saves) and ComfyUI's ``v_pred`` marker key.
 
 Every config is derived from weight shapes in code; nothing is downloaded. Only safetensors are read, never pickles.
