@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command does all set-up on a fresh machine with Python 3.10+ and pip, then runs:
-#   bash run.sh demo         # Tune-A-Video end to end on a built-in tiny random model (writes outputs/demo/)
+#   bash run.sh demo         # Tune-A-Video end to end on a built-in tiny random model (writes a new outputs/demo_NNNNN/)
 #   bash run.sh test         # the test suite (what CI runs)
 #   bash run.sh self-check   # convert + inflate a tiny model and print what was done
 #   bash run.sh cli ARGS...  # the headless CLI, e.g. cli tune-a-video --checkpoint ... (see README)

@@ -165,6 +165,13 @@ def demo(out: Path, device: torch.device) -> dict:
         return run_edit(ckpt, SAMPLE_CLIP, out, settings, device)
 
 
+def _fresh_folder(parent: Path, stem: str) -> Path:
+    n = 1
+    while (parent / f"{stem}_{n:05d}").exists():
+        n += 1
+    return parent / f"{stem}_{n:05d}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunevideo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=PRECISIONS, default="auto")
     e.add_argument("--device", default="auto")
     m = sub.add_parser("demo", help="run the whole pipeline on a built-in tiny random model")
-    m.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    m.add_argument("--out", type=Path, default=None, help="default: a new outputs/demo_NNNNN folder")
     m.add_argument("--device", default="auto")
     sub.add_parser("self-check", help="convert and inflate a tiny model, print what was done")
     return p
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "self-check":
         result = self_check()
     elif args.command == "demo":
-        result = demo(args.out, _device(args.device))
+        result = demo(args.out or _fresh_folder(Path("outputs"), "demo"), _device(args.device))
     else:
         if not args.checkpoint.is_file():
             raise SystemExit(f"--checkpoint {args.checkpoint} not found")

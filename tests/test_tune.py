@@ -88,3 +88,15 @@ def test_custom_patterns_and_errors(tiny_video_model):
         tune(tiny_video_model, torch.zeros(3, 4, 8, 8), torch.zeros(1, 7, 48))
     with pytest.raises(ValueError, match="steps=0"):
         TuneConfig(steps=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mixed_precision_tune_on_gpu_tracks_fp32(tiny_video_model):
+    latents, ctx = _clip()
+    cfg = TuneConfig(**{**FAST, "steps": 4})
+    _, fp32 = tune(tiny_video_model, latents, ctx, TuneConfig(**{**FAST, "steps": 4, "mixed_precision": "fp32"}),
+                   device="cuda")
+    tuned, bf16 = tune(tiny_video_model, latents, ctx, cfg, device="cuda")
+    assert abs(bf16[0] - fp32[0]) < 0.05 * fp32[0]  # same first step up to bf16 rounding
+    assert all(p.device.type == "cuda" for p in tuned.unet.parameters())
