@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import make_unet2d
 from tunevideo import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from tunevideo.modules.convert import UnsupportedModelError, unet_to_ldm
 from tunevideo.modules.schedule import NoiseSchedule
@@ -129,3 +130,40 @@ def test_bad_inputs_give_clear_errors(tiny_unet2d, tiny_unet_config):
             N["SampleVideo"]().run(tuned, cond(1), cond(2), noise, 2, 5.0, 0.0, 0)
     with pytest.raises(ValueError, match="filename_prefix"):
         N["SaveTunedVideoUNet"]().save(video, "../escape")
+
+
+def test_v_prediction_model_gives_v_schedule(tiny_unet2d, tiny_unet_config):
+    sd2 = dict(tiny_unet_config, num_heads=-1, num_head_channels=16)
+    with torch.inference_mode():
+        (video,) = N["InflateUNetTemporal"]().inflate(fake_model(make_unet2d(sd2), sd2, prediction="V_PREDICTION",
+                                                                 family="SD21"))
+    assert video.schedule.prediction_type == "v_prediction"
+    assert torch.allclose(video.schedule.alphas_cumprod, NoiseSchedule.scaled_linear().alphas_cumprod, rtol=1e-5)
+    assert video.unet.config.attention_head_dim == [2, 2, 4, 4]
+
+
+def test_interrupt_from_host_stops_tuning_and_leaves_inputs_intact(tiny_unet2d, tiny_unet_config, monkeypatch):
+    from tunevideo.nodes import host
+
+    class Interrupted(Exception):
+        pass
+
+    calls = []
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) == 2:
+            raise Interrupted
+
+    with torch.inference_mode():
+        (video,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config))
+        before = {k: v.clone() for k, v in video.unet.state_dict().items()}
+        latent = {"samples": torch.randn(2, 4, 16, 16)}
+        monkeypatch.setattr(host, "check_interrupt", interrupt)
+        with pytest.raises(Interrupted):
+            N["OneShotTune"]().run(video, latent, cond(0), steps=10, learning_rate=1e-3, seed=0,
+                                   trainable="tune-a-video", custom_patterns="", batch_size=1,
+                                   gradient_checkpointing=False, mixed_precision="auto")
+    assert len(calls) == 2
+    after = video.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
