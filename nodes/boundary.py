@@ -57,6 +57,30 @@ def check_context(cond: torch.Tensor, model, name: str) -> None:
                          f"(text encoder of another model family?)")
 
 
+def _prediction_type(sampling, inner, family: str) -> str:
+    """eps or v from the model_sampling class (object patches such as ModelSamplingDiscrete replace it)."""
+    names = {c.__name__ for c in type(sampling).__mro__}
+    if "V_PREDICTION" in names:
+        return "v_prediction"
+    if "EPS" in names:
+        return "epsilon"
+    model_type = getattr(getattr(inner, "model_type", None), "name", "EPS")
+    prediction = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}.get(model_type)
+    if prediction is None:
+        raise UnsupportedModelError(f"MODEL {family} uses {model_type} prediction; only EPS and V_PREDICTION "
+                                    f"(SD1.x/SD2.x) are supported")
+    return prediction
+
+
+def compute_dtype(state_dict: dict, inner) -> torch.dtype | None:
+    """None to keep the weights as stored; a float dtype when they are stored in a format torch cannot compute in
+    directly (fp8 with ComfyUI's manual cast)."""
+    usable = {torch.float16, torch.bfloat16, torch.float32}
+    if all(t.dtype in usable for t in state_dict.values()):
+        return None
+    return getattr(inner, "manual_cast_dtype", None) or torch.float16
+
+
 def model_parts(model) -> tuple[dict, dict, NoiseSchedule, float]:
     """ComfyUI MODEL -> (LDM UNet state dict, unet_config, schedule, latent scale), with clear errors."""
     inner = getattr(model, "model", None)
@@ -69,12 +93,12 @@ def model_parts(model) -> tuple[dict, dict, NoiseSchedule, float]:
         check_supported(unet_config)
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"MODEL is {family}: {e}") from e
-    model_type = getattr(getattr(inner, "model_type", None), "name", "EPS")
-    prediction = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}.get(model_type)
-    if prediction is None:
-        raise UnsupportedModelError(f"MODEL {family} uses {model_type} prediction; only EPS and V_PREDICTION "
-                                    f"(SD1.x/SD2.x) are supported")
-    sampling = inner.model_sampling
+    get = getattr(model, "get_model_object", None)
+    sampling = get("model_sampling") if callable(get) else inner.model_sampling
+    prediction = _prediction_type(sampling, inner, family)
+    if not torch.is_tensor(getattr(sampling, "sigmas", None)):
+        raise UnsupportedModelError(f"MODEL {family} has no discrete sigma schedule (continuous/EDM sampling is not "
+                                    f"supported)")
     schedule = NoiseSchedule.from_sigmas(sampling.sigmas, prediction)
     scale = float(getattr(getattr(inner, "latent_format", None), "scale_factor", 0.18215))
     return inner.diffusion_model.state_dict(), unet_config, schedule, scale

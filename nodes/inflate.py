@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..modules.pipeline import video_model_from_ldm
 from . import host
-from .boundary import VIDEO_UNET, model_parts
+from .boundary import VIDEO_UNET, compute_dtype, model_parts
 
 
 class InflateUNetTemporal:
@@ -29,8 +29,9 @@ class InflateUNetTemporal:
     def inflate(self, model):
         host.apply_patches(model)
         state_dict, unet_config, schedule, scale = model_parts(model)
-        video = video_model_from_ldm(state_dict, unet_config, schedule, scale)
+        video = video_model_from_ldm(state_dict, unet_config, schedule, scale,
+                                     dtype=compute_dtype(state_dict, model.model))
         parked = host.offload_device()
-        if video.unet.device != parked:  # weights were on the GPU: keep our copy where ComfyUI parks models
+        if any(p.device != parked for p in video.unet.parameters()):  # (partly) on the GPU: park our copy
             video = video.replace(unet=video.unet.clone(device=parked))
         return (video,)

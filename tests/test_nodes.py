@@ -167,3 +167,22 @@ def test_interrupt_from_host_stops_tuning_and_leaves_inputs_intact(tiny_unet2d, 
     assert len(calls) == 2
     after = video.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_patched_sampling_and_fp8_weights(tiny_unet2d, tiny_unet_config):
+    from tunevideo.nodes.boundary import compute_dtype
+
+    class V_PREDICTION:  # noqa: N801 - ComfyUI's class name
+        pass
+
+    class ModelSamplingDiscreteDistilled(V_PREDICTION):
+        sigmas = fake_model(tiny_unet2d, tiny_unet_config).model.model_sampling.sigmas
+
+    model = fake_model(tiny_unet2d, tiny_unet_config, prediction="EPS")
+    model.get_model_object = lambda name: ModelSamplingDiscreteDistilled()  # a ModelSamplingDiscrete object patch
+    with torch.inference_mode():
+        (video,) = N["InflateUNetTemporal"]().inflate(model)
+    assert video.schedule.prediction_type == "v_prediction"
+    fp8 = {"a": torch.zeros(2, dtype=torch.float8_e4m3fn), "b": torch.zeros(2, dtype=torch.float16)}
+    assert compute_dtype(fp8, SimpleNamespace(manual_cast_dtype=torch.bfloat16)) == torch.bfloat16
+    assert compute_dtype({"b": torch.zeros(2, dtype=torch.float16)}, SimpleNamespace()) is None
