@@ -148,7 +148,7 @@ def ui_format(graph, note):
         if title:
             node["title"] = title
         nodes.append(node)
-    nodes.append({"id": 100, "type": "Note", "pos": [0, 620], "size": [400, 200], "flags": {}, "order": len(nodes),
+    nodes.append({"id": 100, "type": "Note", "pos": [2180, 0], "size": [420, 220], "flags": {}, "order": len(nodes),
                   "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note],
                   "title": "About this workflow"})
     return {"last_node_id": 100, "last_link_id": link_id, "nodes": nodes, "links": links, "groups": [],
