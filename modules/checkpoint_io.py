@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_write
 from .convert import strip_ldm_prefix
-from .inflate import TEMPORAL_MARKER
+from .inflate import TEMPORAL_MARKER, own_parameter
 from .video_model import VideoModel
 
 logger = logging.getLogger(__name__)
@@ -150,11 +150,8 @@ def _changed_only(tensors, own, check_base, name):
 def apply_tensors(model: VideoModel, tensors: Mapping[str, torch.Tensor]) -> VideoModel:
     """A new model whose parameters ``tensors`` are replaced (own copies, model's device and dtype)."""
     unet = model.unet.clone()
-    with torch.inference_mode(False):
-        for name, value in tensors.items():
-            owner_name, _, leaf = name.rpartition(".")
-            owner = unet.get_submodule(owner_name)
-            old = owner._parameters[leaf]
-            owner._parameters[leaf] = torch.nn.Parameter(
-                value.detach().to(old.device, old.dtype).clone(), requires_grad=False)
+    params = dict(unet.named_parameters())
+    for name, value in tensors.items():
+        old = params[name]
+        own_parameter(unet, name, value.detach().to(old.device, old.dtype).clone())
     return model.replace(unet=unet, tuned_names=model.tuned_names | frozenset(tensors))

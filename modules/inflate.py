@@ -12,7 +12,7 @@ Tune-A-Video (Wu et al., ICCV 2023), Sec. 4.1, as implemented by its ``UNet3DCon
 
 The 2D weights are shared with the input UNet, never copied and never modified: :func:`share_clone` builds a new
 module tree over the same ``Parameter`` objects. Tuning later gives the trainable tensors their own copies
-(:func:`detach_parameters`). ``VideoUNet.state_dict()`` keys equal the reference's, so Tune-A-Video checkpoints load
+(:func:`own_parameter`). ``VideoUNet.state_dict()`` keys equal the reference's, so Tune-A-Video checkpoints load
 with ``strict=True``.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -250,11 +249,12 @@ def inflate_unet(unet2d: UNet2DConditionModel) -> VideoUNet:
     return video
 
 
-def detach_parameters(model: nn.Module, names: Iterable[str]) -> None:
-    """Give ``model`` its own copies of parameters ``names`` (state-dict names), so training them leaves any model
-    that shared them untouched. Other parameters stay shared."""
-    for name in names:
-        owner_name, _, leaf = name.rpartition(".")
-        owner = model.get_submodule(owner_name)
-        old = owner._parameters[leaf]
-        owner._parameters[leaf] = nn.Parameter(old.detach().clone(), requires_grad=old.requires_grad)
+def own_parameter(model: nn.Module, name: str, value: torch.Tensor, requires_grad: bool = False) -> None:
+    """Make parameter ``name`` (state-dict name) of ``model`` a new ``Parameter`` holding ``value``.
+
+    Only this model sees the change: models that shared the old tensor (the 2D UNet, the model a clone came from)
+    keep it. ``value`` should be a fresh tensor (a copy), not a view of a shared one.
+    """
+    owner_name, _, leaf = name.rpartition(".")
+    with torch.inference_mode(False):
+        model.get_submodule(owner_name)._parameters[leaf] = nn.Parameter(value, requires_grad=requires_grad)

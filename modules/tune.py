@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .defaults import TAV
-from .inflate import VideoUNet
+from .inflate import VideoUNet, own_parameter
 from .schedule import NoiseSchedule
 from .video_model import TuneRecord, VideoModel
 
@@ -120,11 +120,8 @@ def _prepare_unet(model: VideoModel, names: list[str], device: torch.device, amp
     dtype = torch.float32 if amp is None else None
     unet = model.unet.clone(device=device, dtype=dtype)
     params = dict(unet.named_parameters())
-    for name in names:
-        owner_name, _, leaf = name.rpartition(".")
-        owner = unet.get_submodule(owner_name)
-        # Trainable tensors get their own fp32 master copy: the input model keeps its values.
-        owner._parameters[leaf] = torch.nn.Parameter(params[name].detach().float().clone(), requires_grad=True)
+    for name in names:  # trainable tensors get their own fp32 master copy: the input model keeps its values
+        own_parameter(unet, name, params[name].detach().float().clone(), requires_grad=True)
     return unet
 
 
