@@ -14,6 +14,17 @@ def _umask() -> int:
     return mask
 
 
+def unique_path(folder, stem: str, ext: str = "") -> Path:
+    """``folder/stem_00001.ext`` (or the folder ``folder/stem_00001`` when ``ext`` is empty): the first such name that
+    does not exist yet."""
+    folder = Path(folder)
+    suffix = f".{ext.lstrip('.')}" if ext else ""
+    n = 1
+    while (folder / f"{stem}_{n:05d}{suffix}").exists():
+        n += 1
+    return folder / f"{stem}_{n:05d}{suffix}"
+
+
 def atomic_write(path, write: Callable[[str], None], overwrite: bool = False) -> Path:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place.
 

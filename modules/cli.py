@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write, unique_path
 from .checkpoint_io import save_delta
 from .convert import unet_to_ldm
 from .ddim import ddim_invert, sample
@@ -122,7 +123,8 @@ def run_edit(checkpoint: Path, video: Path, out: Path, s: EditSettings, device: 
 def _save_png(image: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
-    Image.fromarray((image[0].numpy() * 255).round().astype("uint8")).save(path)
+    png = Image.fromarray((image[0].numpy() * 255).round().astype("uint8"))
+    atomic_write(path, lambda tmp: png.save(tmp, format="PNG"))
 
 
 def self_check() -> dict:
@@ -165,13 +167,6 @@ def demo(out: Path, device: torch.device) -> dict:
         return run_edit(ckpt, SAMPLE_CLIP, out, settings, device)
 
 
-def _fresh_folder(parent: Path, stem: str) -> Path:
-    n = 1
-    while (parent / f"{stem}_{n:05d}").exists():
-        n += 1
-    return parent / f"{stem}_{n:05d}"
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunevideo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -207,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "self-check":
         result = self_check()
     elif args.command == "demo":
-        result = demo(args.out or _fresh_folder(Path("outputs"), "demo"), _device(args.device))
+        result = demo(args.out or unique_path("outputs", "demo"), _device(args.device))
     else:
         if not args.checkpoint.is_file():
             raise SystemExit(f"--checkpoint {args.checkpoint} not found")

@@ -97,15 +97,6 @@ def read_video(path, start: int = 0, count: int = 24, stride: int = 2, width: in
     return resize_center_crop(frames, width, height), fps / stride
 
 
-def unique_path(folder, stem: str, ext: str) -> Path:
-    """``folder/stem_00001.ext``, the first such name that does not exist yet."""
-    folder = Path(folder)
-    n = 1
-    while (folder / f"{stem}_{n:05d}.{ext.lstrip('.')}").exists():
-        n += 1
-    return folder / f"{stem}_{n:05d}.{ext.lstrip('.')}"
-
-
 def _to_uint8(frames: torch.Tensor) -> np.ndarray:
     if frames.dim() != 4 or frames.shape[-1] not in (1, 3, 4):
         raise ValueError(f"frames must be [F, H, W, C], got shape {tuple(frames.shape)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from ..modules.atomic import unique_path
 from ..modules.checkpoint_io import load_delta, save_delta
 from . import host
 from .boundary import VIDEO_UNET
@@ -13,13 +14,8 @@ def _next_path(prefix: str):
     if not re.fullmatch(r"[\w\-. /]+", prefix) or ".." in prefix or prefix.startswith("/"):
         raise ValueError(f"filename_prefix {prefix!r} may only use letters, digits, '-', '_', '.', ' ' and '/' "
                          f"sub-folders inside models/tunevideo")
-    root = host.model_dir()
-    folder = (root / prefix).parent
-    stem = (root / prefix).name
-    n = 1
-    while (folder / f"{stem}_{n:05d}.safetensors").exists():
-        n += 1
-    return folder / f"{stem}_{n:05d}.safetensors"
+    target = host.model_dir() / prefix
+    return unique_path(target.parent, target.name, "safetensors")
 
 
 class SaveTunedVideoUNet:
