@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tunevideo.modules.atomic import atomic_write, unique_path
 
 
