@@ -4,14 +4,18 @@ Tune-A-Video (Wu et al., ICCV 2023) trains on ``n_sample_frames`` frames taken e
 frames from ``sample_start_idx``, resized to ``width x height``. Here frames are resized to *cover* the target and
 centre-cropped, so the aspect ratio is kept. Frames are ComfyUI-style ``[F, H, W, C]`` float32 in 0..1.
 
-Decoding uses PyAV (FFmpeg) and stops after the last needed frame. Writes are atomic (temp file + rename) and never
-replace an existing file unless ``overwrite=True``.
+Decoding uses PyAV (FFmpeg) and stops after the last needed frame; each kept frame is resized as soon as it is
+decoded, so full-resolution frames are never held together. Rotation metadata (phone clips) is applied. Animated
+WebP, which FFmpeg cannot decode, is read with Pillow. Writes are atomic (temp file + rename) and never replace an
+existing file unless ``overwrite=True``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import operator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,45 +23,130 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .atomic import atomic_write
+from .atomic import atomic_write, unique_path
+
+__all__ = ["probe_video", "read_video", "resize_center_crop", "write_video", "contact_sheet", "unique_path"]
 
 logger = logging.getLogger(__name__)
 
+_PIL_READ = (".webp",)  # FFmpeg's webp decoder cannot read animated WebP
 
-def _check_size(width: int, height: int) -> None:
+
+def _check_size(width, height) -> None:
     for name, v in (("width", width), ("height", height)):
-        if not isinstance(v, int) or v <= 0 or v % 8:
+        try:
+            n = None if isinstance(v, bool) else operator.index(v)
+        except TypeError:
+            n = None
+        if n is None or n <= 0 or n % 8:
             raise ValueError(f"{name}={v} must be a positive multiple of 8 (the VAE downsamples by 8)")
 
 
-def _open(path):
-    import av
+def _unreadable(path: Path, e: object) -> ValueError:
+    return ValueError(f"{path.name} is not a readable video ({e})")
 
+
+def _existing(path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")
+    return path
+
+
+def _open_av(path: Path):
+    import av
+
     try:
         container = av.open(str(path))
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        return container
-    except (av.error.FFmpegError, ValueError) as e:
-        raise ValueError(f"{path.name} is not a readable video ({e})") from e
+    except av.error.FFmpegError as e:
+        raise _unreadable(path, e) from e
+    if not container.streams.video:
+        container.close()
+        raise _unreadable(path, "no video stream")
+    return container
+
+
+def _rotate(arr: np.ndarray, rotation) -> np.ndarray:
+    """Apply a display rotation (degrees counter-clockwise, as FFmpeg reports it) to an ``[H, W, C]`` frame."""
+    k = int(round((rotation or 0) / 90)) % 4
+    return np.ascontiguousarray(np.rot90(arr, k)) if k else arr
+
+
+def _av_frames(path: Path, container) -> Iterator[Callable[[], np.ndarray]]:
+    """Yield a callable per decoded frame; calling it converts the frame to upright ``[H, W, 3]`` uint8."""
+    import av
+
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    try:
+        for frame in container.decode(stream):
+            yield lambda frame=frame: _rotate(frame.to_ndarray(format="rgb24"), frame.rotation)
+    except av.error.FFmpegError as e:
+        raise _unreadable(path, e) from e
+
+
+def _pil_frames(path: Path, image: Image.Image, durations: list) -> Iterator[Callable[[], np.ndarray]]:
+    """Like ``_av_frames`` for an animated image; appends each frame's duration (ms) to ``durations``."""
+    for i in range(getattr(image, "n_frames", 1)):
+        try:
+            image.seek(i)
+            image.load()  # the frame's duration is known only once it is decoded
+        except (OSError, EOFError) as e:
+            raise _unreadable(path, e) from e
+        durations.append(image.info.get("duration") or 0)
+        yield lambda: np.array(image.convert("RGB"))
+
+
+def _open_pil(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise _unreadable(path, e) from e
+    return image
+
+
+def _av_fps(stream) -> float:
+    return float(stream.average_rate or stream.guessed_rate or 25)
 
 
 def probe_video(path) -> dict:
-    """``{"fps", "frames", "width", "height"}`` of a video file (frames may be an estimate for some containers)."""
-    container = _open(path)
-    with container:
+    """``{"fps", "frames", "width", "height"}`` of a video file, as displayed (rotation applied).
+
+    ``frames`` comes from the container header and may be an estimate for some formats.
+    """
+    import av
+
+    path = _existing(path)
+    if path.suffix.lower() in _PIL_READ:
+        with _open_pil(path) as image:
+            n = getattr(image, "n_frames", 1)
+            durations = []
+            for _ in _pil_frames(path, image, durations):
+                pass
+            mean = sum(durations) / len(durations) if durations else 0
+            return {"fps": 1000.0 / mean if mean > 0 else 25.0, "frames": n, "width": image.width,
+                    "height": image.height}
+    with _open_av(path) as container:
         s = container.streams.video[0]
-        fps = float(s.average_rate or s.guessed_rate or 25)
+        fps = _av_fps(s)
         frames = s.frames or int(round(float(container.duration or 0) / 1e6 * fps))
-        return {"fps": fps, "frames": frames, "width": s.codec_context.width, "height": s.codec_context.height}
+        w, h = s.codec_context.width, s.codec_context.height
+        try:
+            for frame in container.decode(s):  # the first frame carries the display rotation
+                if int(round((frame.rotation or 0) / 90)) % 2:
+                    w, h = h, w
+                break
+        except av.error.FFmpegError as e:
+            raise _unreadable(path, e) from e
+        return {"fps": fps, "frames": frames, "width": w, "height": h}
 
 
 def resize_center_crop(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """``[F, H, W, C]`` -> ``[F, height, width, C]``: antialiased resize to cover, then centre crop."""
+    """``[F, H, W, C]`` -> ``[F, height, width, C]``: antialiased bicubic resize to cover, then centre crop."""
     _check_size(width, height)
+    if frames.dim() != 4:
+        raise ValueError(f"frames must be [F, H, W, C], got shape {tuple(frames.shape)}")
     f, h, w, c = frames.shape
     scale = max(width / w, height / h)
     nh, nw = max(height, math.ceil(h * scale - 1e-6)), max(width, math.ceil(w * scale - 1e-6))
@@ -72,35 +161,48 @@ def read_video(path, start: int = 0, count: int = 24, stride: int = 2, width: in
                height: int = 512) -> tuple[torch.Tensor, float]:
     """Frames ``start, start+stride, ...`` (``count`` of them; ``count <= 0``: all that exist), resized and cropped.
 
-    Returns ``(frames [F, height, width, 3] in 0..1, fps of the returned frames = source fps / stride)``.
+    Returns ``(frames [F, height, width, 3] float32 in 0..1, fps of the returned frames = source fps / stride)``.
     """
     _check_size(width, height)
     if start < 0 or stride < 1:
         raise ValueError(f"start={start} must be >= 0 and stride={stride} >= 1")
-    container = _open(path)
+    path = _existing(path)
     wanted_last = start + (count - 1) * stride if count > 0 else None
     picked, total = [], 0
-    with container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        fps = float(stream.average_rate or stream.guessed_rate or 25)
-        for i, frame in enumerate(container.decode(stream)):
+    if path.suffix.lower() in _PIL_READ:
+        image, durations = _open_pil(path), []
+        source, fps = _pil_frames(path, image, durations), None
+    else:
+        image = _open_av(path)
+        source, fps = _av_frames(path, image), _av_fps(image.streams.video[0])
+    with image:
+        for i, to_array in enumerate(source):
             total = i + 1
             if i >= start and (i - start) % stride == 0:
-                picked.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+                frame = torch.from_numpy(to_array()).unsqueeze(0).float() / 255.0
+                picked.append(resize_center_crop(frame, width, height))
             if wanted_last is not None and i >= wanted_last:
                 break
+        source.close()
     if not picked or (count > 0 and len(picked) < count):
-        raise ValueError(f"{Path(path).name} has {total} frames; start={start}, stride={stride}, count={count} "
+        raise ValueError(f"{path.name} has {total} frames; start={start}, stride={stride}, count={count} "
                          f"needs frame {wanted_last if wanted_last is not None else start}")
-    frames = torch.stack(picked).float() / 255.0
-    return resize_center_crop(frames, width, height), fps / stride
+    if fps is None:  # Pillow: per-frame durations in ms
+        mean = sum(durations) / len(durations)
+        fps = 1000.0 / mean if mean > 0 else 25.0
+    logger.debug("read %d frames of %s (%d decoded)", len(picked), path.name, total)
+    return torch.cat(picked), fps / stride
 
 
 def _to_uint8(frames: torch.Tensor) -> np.ndarray:
-    if frames.dim() != 4 or frames.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"frames must be [F, H, W, C], got shape {tuple(frames.shape)}")
-    return (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    """``[F, H, W, C]`` float 0..1 (C = 1, 3 or 4; alpha dropped) -> ``[F, H, W, 3]`` uint8."""
+    if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"frames must be [F, H, W, C] with C in 1, 3, 4, got {getattr(frames, 'shape', frames)}")
+    if min(frames.shape[:3]) < 1:
+        raise ValueError(f"frames must hold at least one non-empty frame, got shape {tuple(frames.shape)}")
+    x = frames.detach().float().clamp(0, 1)
+    x = x.expand(-1, -1, -1, 3) if x.shape[-1] == 1 else x[..., :3]
+    return np.ascontiguousarray((x * 255).round().to(torch.uint8).cpu().numpy())
 
 
 def _write_mp4(arr: np.ndarray, tmp: str, fps: float) -> None:
@@ -109,46 +211,57 @@ def _write_mp4(arr: np.ndarray, tmp: str, fps: float) -> None:
     import av
 
     h, w = arr.shape[1] // 2 * 2, arr.shape[2] // 2 * 2  # yuv420p needs even sizes
+    if h < 2 or w < 2:
+        raise ValueError(f"frames of {arr.shape[2]}x{arr.shape[1]} are too small for H.264 (need at least 2x2)")
     with av.open(tmp, mode="w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"crf": "18"}
         for frame in arr:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w, :3]),
-                                                             format="rgb24")))
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")))
         out.mux(stream.encode())
 
 
 def _write_pil(arr: np.ndarray, tmp: str, fps: float, fmt: str) -> None:
-    images = [Image.fromarray(a[..., :3]) for a in arr]
+    images = [Image.fromarray(a) for a in arr]
     extra = {"lossless": False, "quality": 90} if fmt == "WEBP" else {}
     images[0].save(tmp, format=fmt, save_all=True, append_images=images[1:], duration=int(round(1000 / fps)),
                    loop=0, **extra)
 
 
 def write_video(frames: torch.Tensor, path, fps: float, overwrite: bool = False) -> Path:
-    """Write ``[F, H, W, C]`` frames as ``.mp4`` (H.264), ``.webp`` (animated) or ``.gif``, by extension."""
+    """Write ``[F, H, W, C]`` frames in 0..1 as ``.mp4`` (H.264, yuv420p; odd sizes lose their last row/column),
+    ``.webp`` (animated, quality 90) or ``.gif``, chosen by extension. Atomic; FileExistsError naming ``path`` if
+    it exists and ``overwrite`` is False. Returns ``path``."""
     path = Path(path)
-    if not fps > 0:
-        raise ValueError(f"fps={fps} must be > 0")
-    arr = _to_uint8(frames)
     ext = path.suffix.lower()
+    if ext not in (".mp4", ".webp", ".gif"):
+        raise ValueError(f"{path.name}: unsupported video extension {ext!r}; use .mp4, .webp or .gif")
+    try:
+        rate = float(fps)
+    except (TypeError, ValueError):
+        rate = math.nan
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"fps={fps!r} must be a finite number > 0")
+    fps = rate
+    arr = _to_uint8(frames)
     if ext == ".mp4":
         return atomic_write(path, lambda tmp: _write_mp4(arr, tmp, fps), overwrite)
-    if ext in (".webp", ".gif"):
-        return atomic_write(path, lambda tmp: _write_pil(arr, tmp, fps, ext[1:].upper()), overwrite)
-    raise ValueError(f"{path.name}: unsupported video extension {ext!r}; use .mp4, .webp or .gif")
+    return atomic_write(path, lambda tmp: _write_pil(arr, tmp, fps, ext[1:].upper()), overwrite)
 
 
 def contact_sheet(frames: torch.Tensor, columns: int | None = None, path=None, overwrite: bool = False):
-    """Grid of frames (row-major) as a PIL image; saved as PNG when ``path`` is given."""
+    """Grid of ``[F, H, W, C]`` frames (row-major, ``columns`` wide, default about square) as a PIL RGB image;
+    also saved as PNG when ``path`` is given (atomic, no overwrite unless ``overwrite=True``)."""
     arr = _to_uint8(frames)
     f, h, w, _ = arr.shape
-    cols = columns or math.ceil(math.sqrt(f))
+    if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
+        raise ValueError(f"columns={columns} must be a positive integer or None")
+    cols = min(columns or math.ceil(math.sqrt(f)), f)
     rows = math.ceil(f / cols)
     sheet = Image.new("RGB", (cols * w, rows * h), "black")
     for i, a in enumerate(arr):
-        sheet.paste(Image.fromarray(a[..., :3]), ((i % cols) * w, (i // cols) * h))
+        sheet.paste(Image.fromarray(a), ((i % cols) * w, (i // cols) * h))
     if path is not None:
         atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"), overwrite)
     return sheet
