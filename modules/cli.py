@@ -29,11 +29,9 @@ from .convert import unet_to_ldm
 from .ddim import ddim_invert, sample
 from .defaults import TAV
 from .inflate import inflate_unet
-from .pipeline import decode_latents, encode_frames
+from .pipeline import decode_latents, encode_frames, video_model_from_checkpoint
 from .plot import loss_curve_image
-from .schedule import NoiseSchedule
 from .tune import PRECISIONS, TuneConfig, tune
-from .video_model import VideoModel
 
 logger = logging.getLogger("tunevideo")
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,8 +91,8 @@ def run_edit(checkpoint: Path, video: Path, out: Path, s: EditSettings, device: 
     latents = encode_frames(vae, frames, comp.latent_scale)
     src, empty, edit, neg = encode_prompt(comp, [s.source_prompt, "", s.prompt, s.negative_prompt]).float().split(1)
     text.to("cpu")
-    schedule = NoiseSchedule(comp.alphas_cumprod, comp.prediction_type)
-    base = VideoModel(inflate_unet(comp.unet), schedule, comp.latent_scale, comp.sha256_short)
+    base = video_model_from_checkpoint(comp)
+    schedule = base.schedule
     logger.info("loaded %s (%s, %s) and %d frames %dx%d in %.1fs", checkpoint.name, comp.kind,
                 comp.prediction_type, frames.shape[0], s.width, s.height, time.perf_counter() - t0)
     config = TuneConfig(steps=s.tune_steps, learning_rate=s.learning_rate, seed=s.seed,

@@ -30,6 +30,12 @@ def video_model_from_ldm(state_dict: Mapping[str, torch.Tensor], unet_config: Ma
                       base_hash=unet_hash(state_dict))
 
 
+def video_model_from_checkpoint(components) -> VideoModel:
+    """A loaded single-file checkpoint (:class:`~.single_file.SDComponents`) -> inflated :class:`VideoModel`."""
+    return VideoModel(unet=inflate_unet(components.unet), schedule=components.schedule,
+                      latent_scale=components.latent_scale, base_hash=components.sha256_short)
+
+
 def encode_frames(vae, frames: torch.Tensor, scale: float, chunk: int = 8) -> torch.Tensor:
     """``[F, H, W, 3]`` in 0..1 -> scaled latents ``[1, 4, F, H/8, W/8]`` (VAE posterior mean, chunked)."""
     dev, dtype = vae.device, vae.dtype

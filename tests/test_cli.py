@@ -8,10 +8,9 @@ import pytest
 import torch
 from tunevideo.modules import cli
 from tunevideo.modules.checkpoint_io import load_delta, read_delta
-from tunevideo.modules.inflate import inflate_unet
+from tunevideo.modules.pipeline import video_model_from_checkpoint
 from tunevideo.modules.single_file import load_checkpoint, write_tiny_checkpoint
 from tunevideo.modules.video_io import probe_video
-from tunevideo.modules.video_model import VideoModel
 
 
 def test_self_check_reports_inflation():
@@ -35,7 +34,7 @@ def test_edit_writes_all_outputs_and_a_reloadable_delta(tmp_path):
     from PIL import Image
     assert Image.open(out / "contact_sheet.png").size == (4 * 64, 2 * 64)  # source row over edited row
     comp = load_checkpoint(ckpt)
-    base = VideoModel(inflate_unet(comp.unet), comp.schedule, comp.latent_scale, comp.sha256_short)
+    base = video_model_from_checkpoint(comp)
     tensors, meta = read_delta(out / "tuned.safetensors")
     assert meta["prompt"] == "a man is skiing" and meta["steps"] == "3"
     loaded = load_delta(base, out / "tuned.safetensors")

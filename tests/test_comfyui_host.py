@@ -163,13 +163,12 @@ def test_api_workflow_runs_and_tuned_weights_reload(host):
     # The delta reloads headlessly onto the same checkpoint: ComfyUI's MODEL and the single-file loader agree on
     # the base-model hash, and the weights apply.
     from tunevideo.modules.checkpoint_io import load_delta, read_delta
-    from tunevideo.modules.inflate import inflate_unet
+    from tunevideo.modules.pipeline import video_model_from_checkpoint
     from tunevideo.modules.single_file import load_checkpoint
-    from tunevideo.modules.video_model import VideoModel
 
     comp = load_checkpoint(base / "models" / "checkpoints" / "tiny-sd15.safetensors", dtype=torch.float32,
                            tokenizer_dir=None if os.environ.get("COMFYUI_PATH") is None else None)
-    model = VideoModel(inflate_unet(comp.unet), comp.schedule, comp.latent_scale, comp.sha256_short)
+    model = video_model_from_checkpoint(comp)
     tensors, meta = read_delta(delta)
     assert meta["base_model_hash"] == comp.sha256_short and meta["frames"] == "4" and meta["width"] == "64"
     loaded = load_delta(model, delta)
