@@ -36,8 +36,9 @@ def video_to_latent(video: torch.Tensor, scale: float, **extra) -> dict:
     return out
 
 
-def conditioning_tensor(conditioning, name: str) -> torch.Tensor:
-    """``CONDITIONING`` -> ``[1, n, d]`` (the first entry; area/mask options are not used by video sampling)."""
+def conditioning_tensor(conditioning, name: str, model) -> torch.Tensor:
+    """``CONDITIONING`` -> ``[1, n, d]`` (area/mask options are not used by video sampling), checked against the
+    VIDEO_UNET's cross-attention width."""
     try:
         cond = conditioning[0][0]
     except (TypeError, IndexError, KeyError) as e:
@@ -47,14 +48,11 @@ def conditioning_tensor(conditioning, name: str) -> torch.Tensor:
     if len(conditioning) > 1:
         # Concatenated prompts (ConditioningConcat) come as several entries; use them one after another like tokens.
         cond = torch.cat([c[0] for c in conditioning], dim=1)
-    return cond[:1].float()
-
-
-def check_context(cond: torch.Tensor, model, name: str) -> None:
     expected = model.unet.config.cross_attention_dim
     if cond.shape[-1] != expected:
         raise ValueError(f"{name} has {cond.shape[-1]}-dim embeddings but the model expects {expected} "
                          f"(text encoder of another model family?)")
+    return cond[:1].float()
 
 
 def _prediction_type(sampling, inner, family: str) -> str:

@@ -9,7 +9,7 @@ import torch
 from ..modules.ddim import ddim_invert, sample
 from ..modules.defaults import TAV
 from . import host
-from .boundary import INVERTED_KEY, VIDEO_UNET, check_context, conditioning_tensor, latent_to_video, video_to_latent
+from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_tensor, latent_to_video, video_to_latent
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,7 @@ class DDIMInvertVideo:
 
     def run(self, video_unet, latent, conditioning, steps):
         x0 = latent_to_video(latent, video_unet.latent_scale, "latent")
-        context = conditioning_tensor(conditioning, "conditioning")
-        check_context(context, video_unet, "conditioning")
+        context = conditioning_tensor(conditioning, "conditioning", video_unet)
         device = host.torch_device()
         host.free_accelerator()
         fn = video_unet.model_fn(device)
@@ -78,10 +77,8 @@ class SampleVideo:
         }}
 
     def run(self, video_unet, positive, negative, latent, steps, cfg, eta, seed):
-        cond = conditioning_tensor(positive, "positive")
-        uncond = conditioning_tensor(negative, "negative")
-        check_context(cond, video_unet, "positive")
-        check_context(uncond, video_unet, "negative")
+        cond = conditioning_tensor(positive, "positive", video_unet)
+        uncond = conditioning_tensor(negative, "negative", video_unet)
         device = host.torch_device()
         x = latent_to_video(latent, video_unet.latent_scale, "latent")
         gen = torch.Generator(device="cpu").manual_seed(seed)

@@ -6,7 +6,7 @@ from ..modules.defaults import TAV
 from ..modules.plot import loss_curve_image
 from ..modules.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns, tune
 from . import host
-from .boundary import VIDEO_UNET, check_context, conditioning_tensor, latent_to_video
+from .boundary import VIDEO_UNET, conditioning_tensor, latent_to_video
 
 
 class OneShotTune:
@@ -56,8 +56,7 @@ class OneShotTune:
                             seed=seed, gradient_checkpointing=gradient_checkpointing,
                             mixed_precision=mixed_precision)
         latents = latent_to_video(latent, video_unet.latent_scale, "latent")
-        context = conditioning_tensor(positive, "positive")
-        check_context(context, video_unet, "positive")
+        context = conditioning_tensor(positive, "positive", video_unet)
         host.free_accelerator()
         tuned, curve = tune(video_unet, latents, context, config, device=host.torch_device(),
                             callback=host.Progress(steps, "OneShotTune"), prompt=prompt_note)
