@@ -15,20 +15,19 @@ from collections.abc import Callable
 
 import torch
 
+from .conditioning import Conditioning, ModelFn, as_entries, combined_outputs
 from .schedule import NoiseSchedule, ddim_move
 
 Callback = Callable[[int, int, dict], None]
-ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Cond = torch.Tensor | Conditioning
 
 
-def _expand(context: torch.Tensor, b: int, name: str) -> torch.Tensor:
-    if context.dim() != 3:
-        raise ValueError(f"{name} must be [b, n, d] text embeddings, got shape {tuple(context.shape)}")
-    if context.shape[0] == b:
-        return context
-    if context.shape[0] == 1:
-        return context.expand(b, -1, -1)
-    raise ValueError(f"{name} batch {context.shape[0]} does not match latents batch {b}")
+def _entries(conditioning: Cond, b: int, name: str) -> list:
+    entries = as_entries(conditioning, name)
+    for context, _ in entries:
+        if context.shape[0] not in (1, b):
+            raise ValueError(f"{name} batch {context.shape[0]} does not match latents batch {b}")
+    return entries
 
 
 def _check_latents(latents: torch.Tensor) -> None:
@@ -37,7 +36,7 @@ def _check_latents(latents: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def ddim_invert(model: ModelFn, schedule: NoiseSchedule, latents: torch.Tensor, context: torch.Tensor,
+def ddim_invert(model: ModelFn, schedule: NoiseSchedule, latents: torch.Tensor, context: Cond,
                 steps: int = 50, callback: Callback | None = None) -> torch.Tensor:
     """DDIM inversion ``x_0 -> x_T`` (eta = 0). Returns ``[b, c, f, h, w]`` at timestep ``ddim_timesteps(steps)[0]``.
 
@@ -45,12 +44,12 @@ def ddim_invert(model: ModelFn, schedule: NoiseSchedule, latents: torch.Tensor, 
     reference pipeline's ``ddim_inversion``.
     """
     _check_latents(latents)
-    context = _expand(context, latents.shape[0], "context")
+    entries = _entries(context, latents.shape[0], "context")
     ts = schedule.ddim_timesteps(steps).flip(0).tolist()
     x = latents.float()
     t_from = -1
     for i, t in enumerate(ts):
-        out = model(x, torch.tensor([t], device=x.device), context).float()
+        (out,) = combined_outputs(model, x, torch.tensor([t], device=x.device), [entries])
         x = ddim_move(schedule, x, schedule.to_eps(x, out, t), t_from, t)
         t_from = t
         if callback is not None:
@@ -58,32 +57,34 @@ def ddim_invert(model: ModelFn, schedule: NoiseSchedule, latents: torch.Tensor, 
     return x
 
 
-def guided_output(model: ModelFn, x: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor | None,
+def guided_output(model: ModelFn, x: torch.Tensor, t: int, cond: Conditioning, uncond: Conditioning | None,
                   cfg: float) -> torch.Tensor:
-    """Classifier-free guidance ``u + cfg (c - u)`` in the model's output space, one batched call."""
+    """Classifier-free guidance ``u + cfg (c - u)`` in the model's output space, in as few batched calls as the
+    token lengths allow (:func:`~.conditioning.combined_outputs`)."""
     tt = torch.tensor([t], device=x.device)
     if uncond is None or cfg == 1.0:
-        return model(x, tt, cond).float()
-    out = model(torch.cat([x, x]), tt, torch.cat([uncond, cond])).float()
-    u, c = out.chunk(2)
+        return combined_outputs(model, x, tt, [cond])[0]
+    u, c = combined_outputs(model, x, tt, [uncond, cond])
     return u + cfg * (c - u)
 
 
 @torch.no_grad()
-def sample(model: ModelFn, schedule: NoiseSchedule, x_t: torch.Tensor, cond: torch.Tensor,
-           uncond: torch.Tensor | None = None, steps: int = 50, cfg: float = 12.5, eta: float = 0.0,
+def sample(model: ModelFn, schedule: NoiseSchedule, x_t: torch.Tensor, cond: Cond,
+           uncond: Cond | None = None, steps: int = 50, cfg: float = 12.5, eta: float = 0.0,
            generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
     """DDIM sampling from ``x_t`` (noise at ``ddim_timesteps(steps)[0]``) to clean latents ``[b, c, f, h, w]``.
 
     Args:
-        cond, uncond: ``[b|1, n, d]`` positive / negative embeddings; ``uncond`` may be None (no guidance).
+        cond, uncond: ``[b|1, n, d]`` positive / negative embeddings, or lists of ``(embeddings, strength)``
+            entries whose predictions are averaged (ComfyUI's Conditioning Combine); token counts may differ.
+            ``uncond`` may be None (no guidance).
         cfg: guidance scale (Tune-A-Video uses 12.5); 1 disables guidance.
         eta: DDIM stochasticity (0 = deterministic); noise drawn from ``generator``.
     """
     _check_latents(x_t)
     b = x_t.shape[0]
-    cond = _expand(cond, b, "positive conditioning")
-    uncond = None if uncond is None else _expand(uncond, b, "negative conditioning")
+    cond = _entries(cond, b, "positive conditioning")
+    uncond = None if uncond is None else _entries(uncond, b, "negative conditioning")
     ts = schedule.ddim_timesteps(steps).tolist()
     x = x_t.float()
     for i, t in enumerate(ts):

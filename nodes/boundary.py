@@ -1,7 +1,7 @@
 """Conversions between ComfyUI values and engine tensors (the only place that knows both conventions).
 
 - ``LATENT``: ``{"samples": [F,4,h,w]}`` unscaled, frames as batch -> engine ``[1,4,F,h,w]`` scaled.
-- ``CONDITIONING``: ``[[cond [1,n,d], {...}], ...]`` -> ``[1,n,d]``.
+- ``CONDITIONING``: ``[[cond [1,n,d], {...}], ...]`` -> ``[(cond [1,n,d], strength), ...]`` (one per entry).
 - ``MODEL``: a ComfyUI ModelPatcher -> LDM state dict, ``unet_config``, noise schedule, latent scale.
 """
 
@@ -36,23 +36,63 @@ def video_to_latent(video: torch.Tensor, scale: float, **extra) -> dict:
     return out
 
 
-def conditioning_tensor(conditioning, name: str, model) -> torch.Tensor:
-    """``CONDITIONING`` -> ``[1, n, d]`` (area/mask options are not used by video sampling), checked against the
-    VIDEO_UNET's cross-attention width."""
-    try:
-        cond = conditioning[0][0]
-    except (TypeError, IndexError, KeyError) as e:
-        raise ValueError(f"{name} must be a CONDITIONING from a text encoder node") from e
-    if not torch.is_tensor(cond) or cond.dim() != 3:
-        raise ValueError(f"{name} must hold [1, tokens, dim] embeddings, got {getattr(cond, 'shape', type(cond))}")
-    if len(conditioning) > 1:
-        # Concatenated prompts (ConditioningConcat) come as several entries; use them one after another like tokens.
-        cond = torch.cat([c[0] for c in conditioning], dim=1)
+#: Entry keys the engine honours or that SD1.x/SD2.x sampling ignores in ComfyUI too (their UNets take no pooled
+#: vector). Every other key changes ComfyUI's result, so it is refused rather than silently dropped.
+_HONOURED = {"strength"}
+_IGNORED = {"pooled_output"}
+_REFUSED_HINTS = {
+    "area": "Conditioning (Set Area)", "mask": "Conditioning (Set Mask)", "control": "Apply ControlNet",
+    "gligen": "GLIGEN Textbox Apply", "hooks": "a hook/scheduled-LoRA node",
+    "start_percent": "Conditioning (Set Timestep Range)", "end_percent": "Conditioning (Set Timestep Range)",
+}
+
+
+def _check_entry_keys(options: dict, name: str, index: int) -> None:
+    for key, value in options.items():
+        if key in _HONOURED or key in _IGNORED or value is None:
+            continue
+        if key == "start_percent" and value == 0.0 or key == "end_percent" and value == 1.0:
+            continue  # the full range: no restriction
+        origin = f" (from {_REFUSED_HINTS[key]})" if key in _REFUSED_HINTS else ""
+        raise ValueError(f"{name}: entry {index} carries '{key}'{origin}, which video sampling cannot honour; "
+                         f"connect plain text-encoder conditioning (Combine/Concat/Average are fine)")
+
+
+def conditioning_entries(conditioning, name: str, model) -> list[tuple[torch.Tensor, float]]:
+    """``CONDITIONING`` -> ``[(embeddings [1, n, d], strength), ...]``, one per entry, checked against the
+    VIDEO_UNET's cross-attention width. Several entries come from Conditioning (Combine); the engine averages their
+    predictions weighted by strength, as ComfyUI's samplers do (:mod:`~..modules.conditioning`)."""
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
+        raise ValueError(f"{name} must be a CONDITIONING from a text encoder node")
     expected = model.unet.config.cross_attention_dim
-    if cond.shape[-1] != expected:
-        raise ValueError(f"{name} has {cond.shape[-1]}-dim embeddings but the model expects {expected} "
-                         f"(text encoder of another model family?)")
-    return cond[:1].float()
+    entries = []
+    for i, entry in enumerate(conditioning):
+        try:
+            cond, options = entry[0], entry[1]
+        except (TypeError, IndexError, KeyError) as e:
+            raise ValueError(f"{name} must be a CONDITIONING from a text encoder node") from e
+        if not torch.is_tensor(cond) or cond.dim() != 3:
+            raise ValueError(f"{name} must hold [1, tokens, dim] embeddings, got "
+                             f"{getattr(cond, 'shape', type(cond).__name__)}")
+        if cond.shape[-1] != expected:
+            raise ValueError(f"{name} has {cond.shape[-1]}-dim embeddings but the model expects {expected} "
+                             f"(text encoder of another model family?)")
+        options = dict(options or {})
+        _check_entry_keys(options, name, i)
+        strength = float(options.get("strength", 1.0))
+        if not strength > 0:
+            raise ValueError(f"{name}: entry {i} has strength {strength}; it must be > 0")
+        entries.append((cond[:1].float(), strength))
+    return entries
+
+
+def conditioning_tensor(conditioning, name: str, model) -> torch.Tensor:
+    """A one-entry ``CONDITIONING`` -> ``[1, n, d]``: what training needs (one prompt per clip)."""
+    entries = conditioning_entries(conditioning, name, model)
+    if len(entries) > 1:
+        raise ValueError(f"{name} has {len(entries)} entries (from Conditioning (Combine)); tuning learns one "
+                         f"prompt: encode a single prompt, or join them with Conditioning (Concat)")
+    return entries[0][0]
 
 
 def _prediction_type(sampling, inner, family: str) -> str:

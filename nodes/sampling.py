@@ -9,7 +9,7 @@ import torch
 from ..modules.ddim import ddim_invert, sample
 from ..modules.defaults import TAV
 from . import host
-from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_tensor, latent_to_video, video_to_latent
+from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_entries, latent_to_video, video_to_latent
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +30,21 @@ class DDIMInvertVideo:
             "video_unet": (VIDEO_UNET, {"tooltip": "The tuned VIDEO_UNET."}),
             "latent": ("LATENT", {"tooltip": "Source video latents (frames as batch), from VAE Encode."}),
             "conditioning": ("CONDITIONING", {"tooltip": "Prompt used for inversion; Tune-A-Video uses the empty "
-                                                         "prompt."}),
+                                                         "prompt. Several entries (Conditioning Combine) are averaged "
+                                                         "by strength, as KSampler does."}),
             "steps": ("INT", {"default": TAV.num_inv_steps, "min": 1, "max": 1000,
                               "tooltip": "Inversion steps; use the same number in SampleVideo (50)."}),
         }}
 
     def run(self, video_unet, latent, conditioning, steps):
         x0 = latent_to_video(latent, video_unet.latent_scale, "latent")
-        context = conditioning_tensor(conditioning, "conditioning", video_unet)
+        context = conditioning_entries(conditioning, "conditioning", video_unet)
         device = host.torch_device()
         host.free_accelerator()
         fn = video_unet.model_fn(device)
         x_t = ddim_invert(fn, video_unet.schedule, x0.to(device), context, steps,
                           callback=host.Progress(steps, "DDIMInvertVideo"))
-        tag = {"steps": steps, "frames": x0.shape[2], "timestep": int(video_unet.schedule.ddim_timesteps(steps)[0])}
+        tag = {"steps": steps, "frames": x0.shape[2]}
         return (video_to_latent(x_t, video_unet.latent_scale, **{INVERTED_KEY: tag}),)
 
 
@@ -62,8 +63,9 @@ class SampleVideo:
     def INPUT_TYPES(cls):
         return {"required": {
             "video_unet": (VIDEO_UNET, {"tooltip": "The tuned VIDEO_UNET."}),
-            "positive": ("CONDITIONING", {"tooltip": "Edited prompt."}),
-            "negative": ("CONDITIONING", {"tooltip": "Negative prompt (Tune-A-Video: empty)."}),
+            "positive": ("CONDITIONING", {"tooltip": "Edited prompt, any length. Several entries (Conditioning "
+                                                     "Combine) are averaged by strength, as KSampler does."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative prompt (Tune-A-Video: empty), any length."}),
             "latent": ("LATENT", {"tooltip": "Inverted noise from DDIMInvertVideo, or an empty latent with one "
                                              "batch entry per frame for fresh noise."}),
             "steps": ("INT", {"default": TAV.num_inference_steps, "min": 1, "max": 1000,
@@ -77,8 +79,8 @@ class SampleVideo:
         }}
 
     def run(self, video_unet, positive, negative, latent, steps, cfg, eta, seed):
-        cond = conditioning_tensor(positive, "positive", video_unet)
-        uncond = conditioning_tensor(negative, "negative", video_unet)
+        cond = conditioning_entries(positive, "positive", video_unet)
+        uncond = conditioning_entries(negative, "negative", video_unet)
         device = host.torch_device()
         x = latent_to_video(latent, video_unet.latent_scale, "latent")
         gen = torch.Generator(device="cpu").manual_seed(seed)
