@@ -36,6 +36,9 @@ from .convert import UnsupportedModelError
 logger = logging.getLogger(__name__)
 
 TEMPORAL_MARKER = "_temp."
+#: Seed of the temporal layers' initialisation. The reference seeds the global RNG with its config's ``seed`` (33)
+#: before building the model (train_tuneavideo.py), so its init is fixed per run too; we use the same number.
+TEMPORAL_INIT_SEED = 33
 
 
 class FrameContext:
@@ -223,13 +226,21 @@ def _check_inflatable(unet: nn.Module) -> None:
         raise UnsupportedModelError(f"UNet config {bad or cfg.get('mid_block_type')} is not SD1.x/SD2.x-like")
 
 
-def inflate_unet(unet2d: UNet2DConditionModel) -> VideoUNet:
+def inflate_unet(unet2d: UNet2DConditionModel, init_seed: int = TEMPORAL_INIT_SEED) -> VideoUNet:
     """Inflate a diffusers SD1.x/SD2.x UNet into a Tune-A-Video space-time :class:`VideoUNet`.
 
     ``unet2d`` is left bit-identical and keeps its own processors; its weights are shared with the result.
-    The added temporal layers are created on ``unet2d``'s device and dtype.
+    The added temporal layers are created on ``unet2d``'s device and dtype. Their random initialisation
+    (``attn_temp.to_q/to_k/to_v``; ``to_out`` is zero) is drawn from a CPU generator seeded with ``init_seed``, so the
+    same base gives the same model whatever used the global RNG before; the global RNG state is left untouched.
     """
     _check_inflatable(unet2d)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return _inflate(unet2d)
+
+
+def _inflate(unet2d: UNet2DConditionModel) -> VideoUNet:
     core = share_clone(unet2d)
     context = FrameContext()
     for module in list(core.modules()):

@@ -146,3 +146,16 @@ def test_gradient_checkpointing_gives_same_gradients(tiny_unet2d):
         v(x, t[:1], c[:1]).square().mean().backward()
         grads.append(w.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_temporal_init_comes_from_a_fixed_generator_not_the_global_rng(tiny_unet2d):
+    torch.manual_seed(1)
+    a = inflate_unet(tiny_unet2d).temporal_parameters()
+    torch.manual_seed(2)
+    state = torch.random.get_rng_state()
+    b = inflate_unet(tiny_unet2d).temporal_parameters()
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG stream is left alone
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = inflate_unet(tiny_unet2d, init_seed=5).temporal_parameters()
+    q = next(k for k in a if k.endswith("attn_temp.to_q.weight"))
+    assert not torch.equal(a[q], other[q])

@@ -83,6 +83,27 @@ def test_full_chain_under_inference_mode(tiny_unet2d, tiny_unet_config, tmp_path
         assert N["SaveTunedVideoUNet"]().save(tuned, "tests/run")["result"][0] == "tests/run_00002.safetensors"
 
 
+def test_same_graph_and_seed_give_a_bit_identical_delta(tiny_unet2d, tiny_unet_config, tmp_path, monkeypatch):
+    """Whatever ran before (other nodes drawing from the global RNG), one graph + seed -> one tuned delta."""
+    from safetensors import safe_open
+
+    monkeypatch.setenv("TUNEVIDEO_HOME", str(tmp_path))
+    latent = {"samples": torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))}
+    files = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        with torch.inference_mode():
+            (video,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config))
+            tuned, _ = N["OneShotTune"]().run(video, latent, cond(1), steps=2, learning_rate=1e-3, seed=7,
+                                              trainable="tune-a-video", custom_patterns="", batch_size=1,
+                                              gradient_checkpointing=False, mixed_precision="auto")
+            files.append(N["SaveTunedVideoUNet"]().save(tuned, "seeded/run")["result"][0])
+    root = tmp_path / "models" / "tunevideo"
+    with safe_open(root / files[0], "pt") as a, safe_open(root / files[1], "pt") as b:
+        assert a.metadata() == b.metadata() and sorted(a.keys()) == sorted(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+
+
 def test_inverted_latent_is_unscaled_comfy_convention(tiny_unet2d, tiny_unet_config):
     from tunevideo.modules.ddim import ddim_invert
 
