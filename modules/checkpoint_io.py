@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_write
 from .convert import strip_ldm_prefix
-from .inflate import TEMPORAL_MARKER, own_parameter
+from .inflate import TEMPORAL_MARKER
 from .video_model import VideoModel
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def load_delta(model: VideoModel, path: str | os.PathLike, check_base: bool = Tr
             f"load the checkpoint it was made from")
     if len(tensors) == len(own):  # full reference checkpoint: keep only what differs from the base
         tensors = _changed_only(tensors, own, check_base, Path(path).name)
-    return apply_tensors(model, tensors)
+    return model.with_tensors(tensors)
 
 
 def _changed_only(tensors, own, check_base, name):
@@ -145,13 +145,3 @@ def _changed_only(tensors, own, check_base, name):
             f"{name}: {len(frozen_changed)} weights that Tune-A-Video never tunes differ from this MODEL "
             f"(e.g. {frozen_changed[0]}): it was made from another base model")
     return changed
-
-
-def apply_tensors(model: VideoModel, tensors: Mapping[str, torch.Tensor]) -> VideoModel:
-    """A new model whose parameters ``tensors`` are replaced (own copies, model's device and dtype)."""
-    unet = model.unet.clone()
-    params = dict(unet.named_parameters())
-    for name, value in tensors.items():
-        old = params[name]
-        own_parameter(unet, name, value.detach().to(old.device, old.dtype).clone())
-    return model.replace(unet=unet, tuned_names=model.tuned_names | frozenset(tensors))

@@ -183,7 +183,8 @@ class VideoUNet(nn.Module):
 
         Every parameter gets a new ``Parameter`` object (so ``requires_grad`` flags, ``.to()`` and replacement never
         reach the source); storage stays shared unless a device/dtype conversion copies it. Tensors made under
-        ``torch.inference_mode`` (ComfyUI's executor) are copied so autograd can use them.
+        ``torch.inference_mode`` (ComfyUI's executor) are re-wrapped over the same storage (:func:`usable_alias`) so
+        autograd can use them without a copy.
         """
         core = share_clone(self._core)
         context = FrameContext()
@@ -211,10 +212,17 @@ class VideoUNet(nn.Module):
 def _placed(t: torch.Tensor, device, dtype) -> torch.Tensor:
     out = t.detach().to(device=device if device is not None else t.device,
                         dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
-    if out.is_inference():
-        with torch.inference_mode(False):
-            out = out.clone()
-    return out
+    return usable_alias(out)
+
+
+def usable_alias(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or, for an inference tensor (made under ``torch.inference_mode``, as ComfyUI loads weights), a
+    normal tensor over the *same storage*: autograd may save it for backward, and nothing is copied."""
+    if not t.is_inference():
+        return t
+    with torch.inference_mode(False):
+        return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+            t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
 
 
 def _check_inflatable(unet: nn.Module) -> None:

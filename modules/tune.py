@@ -147,21 +147,16 @@ def tune(model: VideoModel, latents: torch.Tensor, context: torch.Tensor, config
         names = select_trainable(model.unet, config.trainable)
         unet = _prepare_unet(model, names, device, amp)
         losses = _train_loop(unet, model.schedule, latents, context, names, config, device, amp, callback)
-        unet.eval()
-        unet.disable_gradient_checkpointing()
-        compute_dtype = torch.float32 if amp is None else model.unet.dtype
-        for name, p in unet.named_parameters():
-            if name in names:
-                p.requires_grad_(False)
-                p.data = p.data.to(compute_dtype)
+        params = dict(unet.named_parameters())
+        trained = {name: params[name].detach() for name in names}
     curve = losses.cpu().tolist()
     _, _, f, h, w = latents.shape
     record = TuneRecord(method=config.method, trainable=tuple(config.trainable), steps=config.steps,
                         learning_rate=config.learning_rate, frames=f, height=h * 8, width=w * 8, prompt=prompt,
                         seed=config.seed, final_loss=float(sum(curve[-10:]) / len(curve[-10:])))
-    tuned = model.replace(unet=unet, tuned_names=model.tuned_names | frozenset(names),
-                          history=model.history + (record,))
-    return tuned, curve
+    # The result lives where the input lives and shares every frozen tensor with it (no second UNet in memory);
+    # only the trained tensors are new, cast to the input's dtype.
+    return model.with_tensors(trained, history=model.history + (record,)), curve
 
 
 def _train_loop(unet, schedule, latents, context, names, config, device, amp, callback) -> torch.Tensor:

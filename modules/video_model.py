@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 
-from .inflate import VideoUNet
+from .inflate import VideoUNet, own_parameter
 from .schedule import NoiseSchedule
 
 SD_LATENT_SCALE = 0.18215  # SD1.x/2.x VAE scale factor (LDM configs: scale_factor)
@@ -56,6 +57,19 @@ class VideoModel:
 
     def replace(self, **changes) -> VideoModel:
         return dataclasses.replace(self, **changes)
+
+    def with_tensors(self, tensors: Mapping[str, torch.Tensor], **changes) -> VideoModel:
+        """A new model whose parameters ``tensors`` (state-dict names) hold copies of the given values, on this
+        model's device and dtype; every other tensor stays shared with this model. ``changes``: other fields."""
+        unet = self.unet.clone()
+        params = dict(unet.named_parameters())
+        unknown = sorted(set(tensors) - set(params))
+        if unknown:
+            raise KeyError(f"not parameters of this VIDEO_UNET: {unknown[:3]}")
+        for name, value in tensors.items():
+            old = params[name]
+            own_parameter(unet, name, value.detach().to(old.device, old.dtype, copy=True))
+        return self.replace(unet=unet, tuned_names=self.tuned_names | frozenset(tensors), **changes)
 
     def delta_names(self) -> list[str]:
         """Names saved in a delta checkpoint: every added temporal tensor and every tuned tensor."""

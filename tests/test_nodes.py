@@ -9,17 +9,24 @@ import torch
 from conftest import make_unet2d
 from tunevideo import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from tunevideo.modules.convert import UnsupportedModelError, unet_to_ldm
+from tunevideo.modules.inflate import TEMPORAL_MARKER
 from tunevideo.modules.schedule import NoiseSchedule
 from tunevideo.nodes.boundary import INVERTED_KEY
 
 N = NODE_CLASS_MAPPINGS
 
 
-def fake_model(unet2d, unet_config, prediction="EPS", family="SD15"):
-    """What the nodes read off a ComfyUI ModelPatcher for SD1.x: weights, unet_config, sigmas, latent format."""
+def fake_model(unet2d, unet_config, prediction="EPS", family="SD15", inference_weights=False):
+    """What the nodes read off a ComfyUI ModelPatcher for SD1.x: weights, unet_config, sigmas, latent format.
+
+    ``inference_weights``: weights made under ``torch.inference_mode`` as ComfyUI's executor loads them.
+    """
     s = NoiseSchedule.scaled_linear()
     sigmas = ((1 - s.alphas_cumprod) / s.alphas_cumprod).sqrt().float()
     ldm = unet_to_ldm(unet2d)
+    if inference_weights:
+        with torch.inference_mode():
+            ldm = {k: v.clone() for k, v in ldm.items()}
     inner = SimpleNamespace(
         diffusion_model=SimpleNamespace(state_dict=lambda: dict(ldm)),
         model_config=type(family, (), {"unet_config": unet_config})(),
@@ -102,6 +109,30 @@ def test_same_graph_and_seed_give_a_bit_identical_delta(tiny_unet2d, tiny_unet_c
     with safe_open(root / files[0], "pt") as a, safe_open(root / files[1], "pt") as b:
         assert a.metadata() == b.metadata() and sorted(a.keys()) == sorted(b.keys())
         assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+
+
+def test_frozen_weights_stay_shared_under_inference_mode(tiny_unet2d, tiny_unet_config, tmp_path, monkeypatch):
+    """ComfyUI loads weights as inference tensors: tuned, loaded and parked models must not copy the frozen ones."""
+    monkeypatch.setenv("TUNEVIDEO_HOME", str(tmp_path))
+    latent = {"samples": torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))}
+    with torch.inference_mode():
+        model = fake_model(tiny_unet2d, tiny_unet_config, inference_weights=True)
+        (video,) = N["InflateUNetTemporal"]().inflate(model)
+        tuned, _ = N["OneShotTune"]().run(video, latent, cond(1), steps=1, learning_rate=1e-3, seed=0,
+                                          trainable="tune-a-video", custom_patterns="", batch_size=1,
+                                          gradient_checkpointing=True, mixed_precision="auto")
+        rel = N["SaveTunedVideoUNet"]().save(tuned, "shared/run")["result"][0]
+        (loaded,) = N["LoadTunedVideoUNet"]().load(video, rel, check_base=True)
+    base = {k: v.untyped_storage().data_ptr() for k, v in model.model.diffusion_model.state_dict().items()}
+    assert set(base) >= {"input_blocks.1.1.proj_in.weight", "out.2.weight"}
+    for result in (video, tuned, loaded):
+        frozen = [p for n, p in result.unet.named_parameters()
+                  if n not in result.tuned_names and TEMPORAL_MARKER not in n]
+        tuned_2d = [n for n in result.tuned_names if TEMPORAL_MARKER not in n]
+        assert len(frozen) == len(base) - len(tuned_2d)
+        # every frozen 2D tensor is one of the base's own storages: nothing was copied
+        assert {p.untyped_storage().data_ptr() for p in frozen} <= set(base.values())
+        assert len({p.untyped_storage().data_ptr() for p in frozen}) == len(frozen)
 
 
 def test_inverted_latent_is_unscaled_comfy_convention(tiny_unet2d, tiny_unet_config):
