@@ -91,7 +91,8 @@ class NoiseSchedule:
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
     def _gather(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        a = self.alphas_cumprod.to(like.device)[t.to(like.device)].to(like.dtype)
+        # Cast before the move: Apple's MPS has no float64.
+        a = self.alphas_cumprod.to(like.dtype).to(like.device)[t.to(like.device)]
         return a.reshape(-1, *([1] * (like.dim() - 1)))
 
 

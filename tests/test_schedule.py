@@ -85,3 +85,38 @@ def test_bad_inputs_are_named():
         s.ddim_timesteps(0)
     with pytest.raises(ValueError, match="prediction_type"):
         NoiseSchedule.scaled_linear(prediction_type="flow")
+
+
+class Float64ToDevice(torch.overrides.TorchFunctionMode):
+    """Records every float64 tensor sent to a device without being cast first. Apple's MPS has no float64, so such a
+    move fails there; on a CPU-only machine it is invisible, hence this check instead of an MPS run."""
+
+    def __init__(self):
+        super().__init__()
+        self.moves = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        named_device = "device" in kwargs or any(isinstance(a, (str, torch.device)) for a in args[1:])
+        if func is torch.Tensor.to and named_device and args[0].dtype == torch.float64 and out.dtype == torch.float64:
+            self.moves.append(tuple(args[0].shape))
+        elif named_device and torch.is_tensor(out) and out.dtype == torch.float64 and func in (
+                torch.tensor, torch.as_tensor, torch.zeros, torch.ones, torch.full, torch.arange):
+            self.moves.append(tuple(out.shape))
+        return out
+
+
+def test_no_float64_tensor_reaches_the_device(tiny_video_model):
+    """Apple MPS: the schedule is float64; every tensor the engine moves to the compute device must be cast first."""
+    from tunevideo.modules.ddim import ddim_invert, sample
+    from tunevideo.modules.tune import TuneConfig, tune
+
+    latents, ctx = torch.randn(1, 4, 2, 8, 8), torch.randn(1, 7, 48)
+    with Float64ToDevice() as mode:
+        tuned, _ = tune(tiny_video_model, latents, ctx, TuneConfig(steps=2, gradient_checkpointing=False),
+                        device="cpu")
+        fn = tuned.model_fn("cpu")
+        noise = ddim_invert(fn, tuned.schedule, latents, ctx, steps=2)
+        sample(fn, tuned.schedule, noise, ctx, ctx, steps=2, eta=0.5, generator=torch.Generator().manual_seed(0))
+    assert mode.moves == []
