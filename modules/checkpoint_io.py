@@ -12,6 +12,7 @@ Writes are atomic (temp file + rename) and never overwrite an existing file unle
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -52,12 +53,69 @@ def unet_hash(ldm_state_dict: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+_FINGERPRINT_PER_TENSOR = 4
+
+
+def _storage_tolerance(*dtypes: torch.dtype) -> tuple[float, float]:
+    """(rtol, atol) within which two copies of one weight agree when each was rounded to its dtype, possibly twice
+    (fp32 -> fp16 -> bf16): one unit in the last place of the coarsest dtype, plus its subnormal spacing."""
+    infos = [torch.finfo(d) for d in dtypes if d.is_floating_point]
+    coarse = max(infos, key=lambda i: i.eps, default=torch.finfo(torch.float32))
+    return 2 * coarse.eps, max(i.smallest_normal * i.eps for i in infos) if infos else 0.0
+
+
+def same_up_to_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` hold the same weight, up to rounding to their storage dtypes."""
+    rtol, atol = _storage_tolerance(a.dtype, b.dtype)
+    return bool(torch.allclose(a.detach().float().cpu(), b.detach().float().cpu(), rtol=rtol, atol=atol))
+
+
+def unet_fingerprint(ldm_state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A few values of every tensor (4 per tensor, evenly spaced) and the coarsest storage dtype, encoded as text.
+
+    Unlike :func:`unet_hash` it compares with a tolerance (:func:`fingerprints_match`), so the same base held in
+    bf16, fp16, fp32 or fp8 is recognised; ~2800 values (11 KB) for SD1.5."""
+    sd = strip_ldm_prefix(ldm_state_dict)
+    values, coarse = [], torch.float32
+    for key in sorted(sd):
+        flat = sd[key].detach().reshape(-1)
+        if not flat.is_floating_point() or flat.numel() == 0:
+            continue
+        if torch.finfo(flat.dtype).eps > torch.finfo(coarse).eps:
+            coarse = flat.dtype
+        idx = torch.linspace(0, flat.numel() - 1, _FINGERPRINT_PER_TENSOR).long().to(flat.device)
+        values.append(flat[idx].to("cpu", torch.float32))
+    data = torch.cat(values).numpy().tobytes() if values else b""
+    return f"{str(coarse).removeprefix('torch.')}:{base64.b64encode(data).decode()}"
+
+
+def fingerprints_match(a: str, b: str) -> bool:
+    """Whether two :func:`unet_fingerprint` strings come from the same weights, up to their storage rounding."""
+    try:
+        (dtype_a, data_a), (dtype_b, data_b) = a.split(":", 1), b.split(":", 1)
+        ta = torch.frombuffer(bytearray(base64.b64decode(data_a)), dtype=torch.float32)
+        tb = torch.frombuffer(bytearray(base64.b64decode(data_b)), dtype=torch.float32)
+        dtypes = (getattr(torch, dtype_a), getattr(torch, dtype_b))
+    except (ValueError, AttributeError, TypeError):
+        return False
+    if ta.shape != tb.shape:
+        return False
+    rtol, atol = _storage_tolerance(*dtypes)
+    return bool(torch.allclose(ta, tb, rtol=rtol, atol=atol))
+
+
+def base_identity(ldm_state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """``base_hash`` and ``base_fingerprint`` of a base UNet, as :class:`~.video_model.VideoModel` fields."""
+    return {"base_hash": unet_hash(ldm_state_dict), "base_fingerprint": unet_fingerprint(ldm_state_dict)}
+
+
 def delta_metadata(model: VideoModel) -> dict[str, str]:
     last = model.history[-1] if model.history else None
     meta = {
         "format": FORMAT,
         "method": last.method if last else "inflated",
         "base_model_hash": model.base_hash,
+        "base_fingerprint": model.base_fingerprint,
         "prediction_type": model.schedule.prediction_type,
         "latent_scale": repr(model.latent_scale),
         "history": json.dumps([r.__dict__ for r in model.history]),
@@ -126,19 +184,27 @@ def load_delta(model: VideoModel, path: str | os.PathLike, check_base: bool = Tr
         if tuple(v.shape) != tuple(own[k].shape):
             raise ValueError(f"{Path(path).name}: {k} has shape {tuple(v.shape)}, this model needs "
                              f"{tuple(own[k].shape)} (made for another model size?)")
-    recorded = meta.get("base_model_hash", "")
-    if check_base and recorded and model.base_hash and recorded != model.base_hash:
-        raise BaseMismatchError(
-            f"{Path(path).name} was tuned from base model {recorded}, but this MODEL is {model.base_hash}; "
-            f"load the checkpoint it was made from")
+    if check_base:
+        _check_base(model, meta, Path(path).name)
     if len(tensors) == len(own):  # full reference checkpoint: keep only what differs from the base
         tensors = _changed_only(tensors, own, check_base, Path(path).name)
     return model.with_tensors(tensors)
 
 
+def _check_base(model: VideoModel, meta: Mapping[str, str], name: str) -> None:
+    """Same hash, or (the same base at another precision) matching fingerprints; else BaseMismatchError."""
+    recorded = meta.get("base_model_hash", "")
+    if not recorded or not model.base_hash or recorded == model.base_hash:
+        return
+    if model.base_fingerprint and fingerprints_match(meta.get("base_fingerprint", ""), model.base_fingerprint):
+        logger.info("%s: base %s is this MODEL (%s) held at another precision", name, recorded, model.base_hash)
+        return
+    raise BaseMismatchError(f"{name} was tuned from base model {recorded}, but this MODEL is {model.base_hash}; "
+                            f"load the checkpoint it was made from")
+
+
 def _changed_only(tensors, own, check_base, name):
-    changed = {k: v for k, v in tensors.items()
-               if TEMPORAL_MARKER in k or not torch.equal(v.to(own[k].dtype), own[k].cpu())}
+    changed = {k: v for k, v in tensors.items() if TEMPORAL_MARKER in k or not same_up_to_storage(v, own[k])}
     frozen_changed = [k for k in changed if TEMPORAL_MARKER not in k and ".to_q." not in k]
     if check_base and frozen_changed:
         raise BaseMismatchError(

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint_io import unet_hash
+from .checkpoint_io import base_identity
 from .convert import unet_from_ldm
 from .inflate import inflate_unet
 from .schedule import NoiseSchedule
@@ -27,13 +27,14 @@ def video_model_from_ldm(state_dict: Mapping[str, torch.Tensor], unet_config: Ma
     """
     unet2d = unet_from_ldm(state_dict, unet_config, dtype=dtype)
     return VideoModel(unet=inflate_unet(unet2d), schedule=schedule, latent_scale=latent_scale,
-                      base_hash=unet_hash(state_dict))
+                      **base_identity(state_dict))
 
 
 def video_model_from_checkpoint(components) -> VideoModel:
     """A loaded single-file checkpoint (:class:`~.single_file.SDComponents`) -> inflated :class:`VideoModel`."""
     return VideoModel(unet=inflate_unet(components.unet), schedule=components.schedule,
-                      latent_scale=components.latent_scale, base_hash=components.sha256_short)
+                      latent_scale=components.latent_scale, base_hash=components.sha256_short,
+                      base_fingerprint=components.fingerprint)
 
 
 def encode_frames(vae, frames: torch.Tensor, scale: float, chunk: int = 8) -> torch.Tensor:

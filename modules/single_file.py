@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .atomic import atomic_write
-from .checkpoint_io import unet_hash
+from .checkpoint_io import unet_fingerprint, unet_hash
 from .convert import (
     LDM_UNET_PREFIX,
     UnsupportedModelError,
@@ -117,6 +117,7 @@ class SDComponents:
         alphas_cumprod: ``[1000]`` float64 training schedule.
         kind: ``"sd1"`` or ``"sd2"``.
         sha256_short: :func:`unet_hash` of the UNet weights as stored in the file.
+        fingerprint: :func:`~.checkpoint_io.unet_fingerprint` of them (matches the same base at other precisions).
         latent_scale: VAE latent scaling factor (0.18215 for SD1/SD2).
         text_layer: ``-1`` (SD1: last layer) or ``-2`` (SD2: penultimate layer, then the final layer norm).
         unet_config: the ComfyUI-style ``unet_config`` read off the UNet weights.
@@ -132,6 +133,7 @@ class SDComponents:
     alphas_cumprod: torch.Tensor
     kind: str
     sha256_short: str
+    fingerprint: str = ""
     latent_scale: float = LATENT_SCALE
     text_layer: int = -1
     unet_config: dict[str, Any] = field(default_factory=dict)
@@ -227,7 +229,8 @@ def load_checkpoint(
     unet_config = detect_unet_config(raw_unet)
     unet = unet_from_ldm(raw_unet, unet_config, dtype=dtype)
     used = set(unet_to_ldm(unet))
-    sha = unet_hash({k: v for k, v in raw_unet.items() if k in used})
+    used_weights = {k: v for k, v in raw_unet.items() if k in used}
+    sha, fingerprint = unet_hash(used_weights), unet_fingerprint(used_weights)
     del raw_unet
 
     vae = vae_from_ldm(sub_prefix(tensors, VAE_PREFIX), dtype=dtype, name=path.name)
@@ -246,7 +249,8 @@ def load_checkpoint(
     alphas = _alphas_cumprod(tensors.get("alphas_cumprod"), path)
     pred = _resolve_prediction_type(prediction_type, kind, meta, "v_pred" in tensors, path)
     comps = SDComponents(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, prediction_type=pred,
-                         alphas_cumprod=alphas, kind=kind, sha256_short=sha, latent_scale=LATENT_SCALE,
+                         alphas_cumprod=alphas, kind=kind, sha256_short=sha, fingerprint=fingerprint,
+                         latent_scale=LATENT_SCALE,
                          text_layer=-2 if kind == "sd2" else -1, unet_config=unet_config, metadata=meta, path=path)
     logger.info("loaded %s: %s, %s, UNet %.0fM params, text width %d, hash %s%s", path.name, kind, pred,
                 sum(p.numel() for p in unet.parameters()) / 1e6, hidden, sha, " (tiny random model)" if tiny else "")

@@ -65,11 +65,11 @@ def tiny_unet2d(tiny_unet_config):
 
 @pytest.fixture()
 def tiny_video_model(tiny_unet2d):
-    from tunevideo.modules.checkpoint_io import unet_hash
+    from tunevideo.modules.checkpoint_io import base_identity
     from tunevideo.modules.convert import unet_to_ldm
     from tunevideo.modules.inflate import inflate_unet
     from tunevideo.modules.schedule import NoiseSchedule
     from tunevideo.modules.video_model import VideoModel
 
     return VideoModel(inflate_unet(tiny_unet2d), NoiseSchedule.scaled_linear(),
-                      base_hash=unet_hash(unet_to_ldm(tiny_unet2d)))
+                      **base_identity(unet_to_ldm(tiny_unet2d)))

@@ -47,10 +47,13 @@ def test_writes_are_atomic_and_never_overwrite(tuned, tmp_path):
 def test_mismatched_base_is_refused(tuned, tiny_video_model, tmp_path):
     path = tmp_path / "delta.safetensors"
     save_delta(tuned, path)
-    other = tiny_video_model.replace(base_hash="0123456789abcdef")
+    other = tiny_video_model.replace(base_hash="0123456789abcdef",
+                                     base_fingerprint=tiny_video_model.base_fingerprint.replace("A", "B"))
     with pytest.raises(BaseMismatchError, match="0123456789abcdef"):
         load_delta(other, path)
     assert load_delta(other, path, check_base=False).unet is not None
+    with pytest.raises(BaseMismatchError):  # a model without a fingerprint is judged by its hash alone
+        load_delta(other.replace(base_fingerprint=""), path)
 
 
 def test_official_full_unet_layout_loads(tuned, tiny_video_model, tmp_path):
@@ -96,3 +99,52 @@ def test_unet_hash_ignores_prefix_and_fp16_storage(tiny_unet2d):
     assert unet_hash({k: v.half() for k, v in ldm.items()}) == h
     changed = dict(ldm, **{"out.2.bias": ldm["out.2.bias"] + 1})
     assert unet_hash(changed) != h
+
+
+def _held_in(tiny_unet2d, unet_config, dtype, scale=1.0):
+    """The base (scaled: another base) held at another precision, e.g. ComfyUI's --bf16-unet, identified from its
+    own weights as the nodes do."""
+    from tunevideo.modules.pipeline import video_model_from_ldm
+    from tunevideo.modules.schedule import NoiseSchedule
+
+    ldm = {k: (v * scale).to(dtype) for k, v in unet_to_ldm(tiny_unet2d).items()}
+    return video_model_from_ldm(ldm, unet_config, NoiseSchedule.scaled_linear())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_same_base_at_another_precision_is_accepted(tuned, tiny_unet2d, tiny_unet_config, tmp_path, dtype):
+    """A delta made on an fp32 base loads on the same base held in bf16/fp16, as a delta and as a full
+    reference checkpoint; another base at that precision is still refused."""
+    path = tmp_path / "delta.safetensors"
+    save_delta(tuned, path)
+    held = _held_in(tiny_unet2d, tiny_unet_config, dtype)
+    assert held.base_hash != tuned.base_hash or dtype == torch.float16
+    loaded = load_delta(held, path)
+    assert loaded.unet.state_dict()[next(iter(tuned.tuned_names))].dtype == dtype
+    folder = tmp_path / "full" / "unet"
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in tuned.unet.state_dict().items()},
+              str(folder / "diffusion_pytorch_model.safetensors"))
+    assert load_delta(held, tmp_path / "full").tuned_names == tuned.tuned_names | set(tuned.unet.temporal_parameters())
+    other = _held_in(tiny_unet2d, tiny_unet_config, dtype, scale=1.05)
+    with pytest.raises(BaseMismatchError, match="tuned from base model"):
+        load_delta(other, path)
+    with pytest.raises(BaseMismatchError, match="never tunes differ"):
+        load_delta(other, tmp_path / "full")
+
+
+def test_fingerprint_matches_the_same_weights_at_any_storage_precision(tiny_unet2d):
+    from tunevideo.modules.checkpoint_io import fingerprints_match, unet_fingerprint
+
+    ldm = unet_to_ldm(tiny_unet2d)
+    ref = unet_fingerprint(ldm)
+    chains = [(torch.bfloat16,), (torch.float16,), (torch.float16, torch.bfloat16), (torch.float8_e4m3fn,)]
+    for chain in chains:
+        held = dict(ldm)
+        for dtype in chain:
+            held = {k: v.to(dtype) for k, v in held.items()}
+        assert fingerprints_match(ref, unet_fingerprint(held)), chain
+        assert fingerprints_match(unet_fingerprint({k: v.bfloat16() for k, v in ldm.items()}), unet_fingerprint(held))
+    other = unet_fingerprint({k: v * 1.05 for k, v in ldm.items()})
+    assert not fingerprints_match(ref, other)
+    assert not fingerprints_match(ref, "") and not fingerprints_match(ref, "float32:not-base64!")
