@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from .atomic import atomic_write
 from .convert import strip_ldm_prefix
 from .inflate import TEMPORAL_MARKER
-from .video_model import VideoModel
+from .video_model import TuneRecord, VideoModel
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,10 @@ def load_delta(model: VideoModel, path: str | os.PathLike, check_base: bool = Tr
         ValueError: unknown keys or shapes that do not fit this UNet.
     """
     tensors, meta = read_delta(path)
+    fmt = meta.get("format", FORMAT)
+    if fmt != FORMAT and fmt.startswith("tunevideo.delta."):
+        raise ValueError(f"{Path(path).name} has format {fmt}, written by a newer TuneVideo than this one "
+                         f"({FORMAT}); update the pack")
     own = model.unet.state_dict()
     unknown = sorted(set(tensors) - set(own))
     if unknown:
@@ -188,7 +192,16 @@ def load_delta(model: VideoModel, path: str | os.PathLike, check_base: bool = Tr
         _check_base(model, meta, Path(path).name)
     if len(tensors) == len(own):  # full reference checkpoint: keep only what differs from the base
         tensors = _changed_only(tensors, own, check_base, Path(path).name)
-    return model.with_tensors(tensors)
+    return model.with_tensors(tensors, history=model.history + _history(meta))
+
+
+def _history(meta: Mapping[str, str]) -> tuple[TuneRecord, ...]:
+    """The tuning runs recorded in a delta (none for an official full checkpoint, which records nothing)."""
+    try:
+        return tuple(TuneRecord(**{**r, "trainable": tuple(r.get("trainable", ()))})
+                     for r in json.loads(meta.get("history", "[]")))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"delta metadata 'history' is unreadable ({e})") from e
 
 
 def _check_base(model: VideoModel, meta: Mapping[str, str], name: str) -> None:

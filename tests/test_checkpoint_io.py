@@ -148,3 +148,22 @@ def test_fingerprint_matches_the_same_weights_at_any_storage_precision(tiny_unet
     other = unet_fingerprint({k: v * 1.05 for k, v in ldm.items()})
     assert not fingerprints_match(ref, other)
     assert not fingerprints_match(ref, "") and not fingerprints_match(ref, "float32:not-base64!")
+
+
+def test_loaded_delta_keeps_its_history_through_a_resave(tuned, tiny_video_model, tmp_path):
+    first = tmp_path / "first.safetensors"
+    meta = save_delta(tuned, first)
+    loaded = load_delta(tiny_video_model, first)
+    assert loaded.history == tuned.history
+    again = save_delta(loaded, tmp_path / "again.safetensors")
+    assert again == meta  # method, frames, size, prompt, steps, lr, trainable, history: all kept
+    assert again["method"] == "tune-a-video" and again["frames"] == "3" and again["prompt"] == "a man skiing"
+
+
+def test_unknown_delta_format_is_refused(tuned, tmp_path):
+    path = tmp_path / "future.safetensors"
+    state = tuned.unet.state_dict()
+    save_file({k: state[k].contiguous() for k in tuned.delta_names()}, str(path),
+              metadata={"format": "tunevideo.delta.v9"})
+    with pytest.raises(ValueError, match="tunevideo.delta.v9.*newer"):
+        load_delta(tuned, path)

@@ -156,7 +156,8 @@ def test_sample_from_empty_latent_uses_seeded_noise(tiny_unet2d, tiny_unet_confi
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 
 
-def test_bad_inputs_give_clear_errors(tiny_unet2d, tiny_unet_config):
+def test_bad_inputs_give_clear_errors(tiny_unet2d, tiny_unet_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEVIDEO_HOME", str(tmp_path))
     sdxl = dict(tiny_unet_config, adm_in_channels=2816, context_dim=2048)
     with pytest.raises(UnsupportedModelError, match="MODEL is SDXL.*SDXL"):
         N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, sdxl, family="SDXL"))
@@ -180,6 +181,10 @@ def test_bad_inputs_give_clear_errors(tiny_unet2d, tiny_unet_config):
         (noise,) = N["DDIMInvertVideo"]().run(tuned, {"samples": torch.zeros(5, 4, 16, 16)}, cond(0), steps=2)
         with pytest.raises(ValueError, match="inverted noise has 5 frames but the VIDEO_UNET was tuned on 3"):
             N["SampleVideo"]().run(tuned, cond(1), cond(2), noise, 2, 5.0, 0.0, 0)
+        rel = N["SaveTunedVideoUNet"]().save(tuned, "tests/frames")["result"][0]
+        (loaded,) = N["LoadTunedVideoUNet"]().load(video, rel, check_base=True)
+        with pytest.raises(ValueError, match="inverted noise has 5 frames but the VIDEO_UNET was tuned on 3"):
+            N["SampleVideo"]().run(loaded, cond(1), cond(2), noise, 2, 5.0, 0.0, 0)
     with pytest.raises(ValueError, match="filename_prefix"):
         N["SaveTunedVideoUNet"]().save(video, "../escape")
 
