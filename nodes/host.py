@@ -117,9 +117,11 @@ def free_accelerator() -> None:
 
 def apply_patches(model) -> None:
     """If ``model`` (a ModelPatcher) carries patches (LoRAs, ...), have ComfyUI load it so they are baked into the
-    weights its ``diffusion_model`` exposes."""
+    weights its ``diffusion_model`` exposes. ``force_patch_weights``: when the model does not fit the GPU, ComfyUI
+    otherwise leaves some modules unpatched and applies their patches in its own forward, which we never run (its
+    checkpoint save forces the patch the same way)."""
     if _mm is not None and getattr(model, "patches", None):
-        _mm.load_models_gpu([model])
+        _mm.load_models_gpu([model], force_patch_weights=True)
 
 
 def check_interrupt() -> None:

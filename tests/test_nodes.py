@@ -243,3 +243,23 @@ def test_patched_sampling_and_fp8_weights(tiny_unet2d, tiny_unet_config):
     fp8 = {"a": torch.zeros(2, dtype=torch.float8_e4m3fn), "b": torch.zeros(2, dtype=torch.float16)}
     assert compute_dtype(fp8, SimpleNamespace(manual_cast_dtype=torch.bfloat16)) == torch.bfloat16
     assert compute_dtype({"b": torch.zeros(2, dtype=torch.float16)}, SimpleNamespace()) is None
+
+
+def test_lora_patches_are_baked_in_completely(monkeypatch):
+    """ComfyUI applies the patches of modules that did not fit the GPU only in its own forward; inflation reads the
+    weights directly, so it must force every patch in (as ComfyUI's checkpoint save does)."""
+    from tunevideo.nodes import host
+
+    calls = []
+    fake_mm = SimpleNamespace(load_models_gpu=lambda models, **kw: calls.append(kw))
+    monkeypatch.setattr(host, "_mm", fake_mm)
+    host.apply_patches(SimpleNamespace(patches={}))
+    assert calls == []  # nothing to bake in
+    host.apply_patches(SimpleNamespace(patches={"input_blocks.1.1.proj_in.weight": ["lora"]}))
+    assert calls == [{"force_patch_weights": True}]
+
+
+def test_tuning_seed_widgets_default_to_fixed():
+    """A freshly added tuning node must not re-tune on every Queue: its seed control starts at 'fixed'."""
+    seed = N["OneShotTune"].INPUT_TYPES()["required"]["seed"][1]
+    assert seed["control_after_generate"] == "fixed"
