@@ -17,7 +17,7 @@ import torch
 from common import bench_parser, build_video_model, count_flops, describe, peak_memory_gib, reset_peak, timed
 from tunevideo.modules.ddim import guided_output
 from tunevideo.modules.inflate import inflate_unet
-from tunevideo.modules.tune import TuneConfig, _precision, _prepare_unet, denoising_loss, select_trainable
+from tunevideo.modules.tune import PRESETS, TuneConfig, _precision, _prepare_unet, denoising_loss, select_trainable
 
 H100_BF16_DENSE = 989e12  # NVIDIA H100 SXM, dense bf16 tensor-core peak
 
@@ -27,6 +27,9 @@ def main() -> None:
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                     help="tuning autocast (auto: bf16 on CUDA, fp32 on CPU); inference runs in the weights' dtype")
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--trainable", choices=list(PRESETS), default="tune-a-video",
+                    help="trainable preset (tune-a-video-reference: mid + up blocks, no backward through down blocks)")
+    ap.add_argument("--tune-only", action="store_true", help="measure the tuning step only")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--flops-only", action="store_true", help="count FLOPs on the meta device and project")
     a = ap.parse_args()
@@ -40,10 +43,10 @@ def main() -> None:
     ctx = torch.randn(1, 77, ctx_dim, device=dev)
     print(f"device: {describe(a.device)}  torch {torch.__version__}")
     print(f"model: {a.size}, clip f={a.frames} {a.height}x{a.width}, tuning autocast {amp}, "
-          f"checkpointing {not a.no_checkpointing}")
+          f"checkpointing {not a.no_checkpointing}, trainable preset {a.trainable}")
 
     cfg = TuneConfig()
-    names = select_trainable(model.unet, cfg.trainable)
+    names = select_trainable(model.unet, PRESETS[a.trainable])
     results = {}
     with torch.enable_grad():
         unet = _prepare_unet(model, names, dev, amp)
@@ -64,6 +67,9 @@ def main() -> None:
 
         results["tune"] = _measure("tune", tune_step, a)
         print(f"  trainable: {sum(p.numel() for p in params) / 1e6:.1f}M values in {len(params)} tensors")
+    if a.tune_only:
+        print(f"projected: 500 tuning steps {500 * results['tune'][0]:.1f} s")
+        return
     unet.eval()
     fn = model.model_fn(dev)
     uncond = torch.zeros_like(ctx)
@@ -87,7 +93,7 @@ def flops_only(a) -> None:
         x = torch.randn(1, 4, a.frames, a.height // 8, a.width // 8)
         ctx = torch.randn(1, 77, cfg["context_dim"])
         t = torch.tensor([500])
-    trainable = set(select_trainable(unet, TuneConfig().trainable))
+    trainable = set(select_trainable(unet, PRESETS[a.trainable]))
     for name, p in unet.named_parameters():
         p.requires_grad_(name in trainable)
 
@@ -101,7 +107,8 @@ def flops_only(a) -> None:
     f, fb = count_flops(fwd), count_flops(fwd_bwd)
     tune = fb + (0 if a.no_checkpointing else f)  # checkpointing recomputes the forward once in backward
     inference = 50 * (f + 2 * f)  # inversion b=1, guided sampling b=2
-    print(f"model {a.size}, clip f={a.frames} {a.height}x{a.width}, checkpointing {not a.no_checkpointing}")
+    print(f"model {a.size}, clip f={a.frames} {a.height}x{a.width}, checkpointing {not a.no_checkpointing}, "
+          f"trainable preset {a.trainable}")
     print(f"  forward {f / 1e12:.2f} TFLOP; tuning step {tune / 1e12:.2f} TFLOP; "
           f"50 inversion + 50 guided sampling steps {inference / 1e12:.0f} TFLOP")
     for label, total, seconds in (("500 tuning steps", 500 * tune, 80), ("inversion + sampling", inference, 9)):

@@ -20,14 +20,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .defaults import TAV
+from .defaults import TAV, TUNE_A_VIDEO_REFERENCE_TRAINABLE
 from .inflate import VideoUNet, own_parameter
 from .schedule import NoiseSchedule
 from .video_model import TuneRecord, VideoModel
 
 logger = logging.getLogger(__name__)
 
-PRESETS = {"tune-a-video": TAV.trainable_modules}
+#: Trainable-module presets: the paper's intent (every transformer block) and the reference code's effective
+#: behaviour (mid + up blocks only; no backward through the down blocks, see defaults.py).
+PRESETS = {"tune-a-video": TAV.trainable_modules, "tune-a-video-reference": TUNE_A_VIDEO_REFERENCE_TRAINABLE}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 

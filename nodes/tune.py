@@ -33,7 +33,11 @@ class OneShotTune:
                              "tooltip": "Seed for the training noise and timesteps. Starts 'fixed': a new seed "
                                         "re-tunes the whole model on the next Queue."}),
             "trainable": (list(PRESETS) + ["custom"], {"default": "tune-a-video",
-                          "tooltip": "tune-a-video: attn1.to_q, attn2.to_q, attn_temp. custom: the patterns below."}),
+                          "tooltip": "tune-a-video: attn1.to_q, attn2.to_q and attn_temp in every transformer block "
+                                     "(the paper). tune-a-video-reference: the same in the mid and up blocks only, "
+                                     "which is what the official code effectively trains (its re-entrant gradient "
+                                     "checkpointing gives the down blocks no gradient); faster. custom: the "
+                                     "patterns below."}),
             "custom_patterns": ("STRING", {"default": "attn1.to_q, attn2.to_q, attn_temp", "multiline": True,
                                            "tooltip": "Module-name suffixes or globs (comma/newline separated); "
                                                       "used when trainable is 'custom'."}),

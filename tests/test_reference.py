@@ -50,3 +50,41 @@ def test_full_sd15_keys_and_shapes_match_reference():
     reference = json.loads((REF / "sd15_full_keys.json").read_text())
     ours = {k: list(v.shape) for k, v in video.state_dict().items()}
     assert ours == reference
+
+
+GRADS = json.loads((REF / "trainable_grads.json").read_text())
+
+
+def _reference_model():
+    """The reference fixture's sd1_tiny network with every attn_temp.to_out random, so all trainables can learn."""
+    config, state, _ = _load("sd1_tiny")
+    video = inflate_unet(UNet2DConditionModel(**config).eval())
+    video.load_state_dict(state, strict=True)
+    return video
+
+
+@pytest.mark.parametrize("preset,case", [("tune-a-video", "no_checkpointing"),
+                                         ("tune-a-video-reference", "reentrant")])
+def test_trainable_presets_equal_what_the_reference_trains(preset, case):
+    """tune-a-video = the paper's set (every block); tune-a-video-reference = the tensors that receive a gradient in
+    the official code, whose re-entrant checkpointing starves the down blocks (fixture made by running it)."""
+    from tunevideo.modules.tune import PRESETS, select_trainable
+
+    video = _reference_model()
+    names = select_trainable(video, PRESETS[preset])
+    assert set(select_trainable(video, PRESETS["tune-a-video"])) == set(GRADS["trainable"])
+    assert names == sorted(GRADS[case]["random_to_out"])
+    # And our training step gives exactly those tensors a gradient, with checkpointing on or off.
+    g = torch.Generator().manual_seed(0)
+    x, ctx, noise = (torch.randn(1, 4, 4, 16, 16, generator=g), torch.randn(1, 7, 48, generator=g),
+                     torch.randn(1, 4, 4, 16, 16, generator=g))
+    for name, p in video.named_parameters():
+        p.requires_grad_(name in set(names))
+    for checkpointing in (False, True):
+        video.train()
+        if checkpointing:
+            video.enable_gradient_checkpointing()
+        video.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(video(x, torch.tensor([500]), ctx), noise).backward()
+        got = sorted(n for n, p in video.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0)
+        assert got == names
