@@ -49,25 +49,51 @@ class FrameContext:
 
 
 class FrameGroupNorm(nn.GroupNorm):
-    """GroupNorm whose statistics span all frames of a clip: ``(b f) c h w`` in, same out.
+    """GroupNorm over ``(b f) c h w`` whose statistics span all frames of a clip (``pool_frames``, the default), or
+    each frame alone (``pool_frames=False``, the transformers' norm). Shares its parameters with ``source``.
 
-    Equals ``nn.GroupNorm`` applied to ``b c f h w``, as in the reference's ResnetBlock3D and output norm.
+    Pooled, it equals ``nn.GroupNorm`` applied to ``b c f h w``, as in the reference's ResnetBlock3D and output norm.
+    When the input's dtype differs from the weights' (autocast over fp16/bf16 weights) it computes in float32, as
+    CUDA autocast does for group_norm; CPU autocast does not, and would fail on the mixed dtypes.
     """
 
-    def __init__(self, source: nn.GroupNorm, context: FrameContext):
+    def __init__(self, source: nn.GroupNorm, context: FrameContext, pool_frames: bool = True):
         nn.Module.__init__(self)
         self.num_groups, self.num_channels, self.eps, self.affine = (
             source.num_groups, source.num_channels, source.eps, source.affine)
         self._parameters = dict(source._parameters)  # shared with the 2D model
         self.context = context
+        self.pool_frames = pool_frames
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        if w is not None and x.dtype != w.dtype:
+            x, w, b = x.float(), w.float(), b.float()
+        return F.group_norm(x, self.num_groups, w, b, self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.context.num_frames
-        if f == 1:
-            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        video = rearrange(x, "(b f) c h w -> b c f h w", f=f)
-        video = F.group_norm(video, self.num_groups, self.weight, self.bias, self.eps)
+        if f == 1 or not self.pool_frames:
+            return self._norm(x)
+        video = self._norm(rearrange(x, "(b f) c h w -> b c f h w", f=f))
         return rearrange(video, "b c f h w -> (b f) c h w")
+
+
+class MixedLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` sharing ``source``'s parameters that, like CUDA autocast, computes in float32 when the input's
+    dtype differs from the weights' (CPU autocast leaves layer_norm alone and fails on the mixed dtypes)."""
+
+    def __init__(self, source: nn.LayerNorm):
+        nn.Module.__init__(self)
+        self.normalized_shape, self.eps, self.elementwise_affine = (
+            source.normalized_shape, source.eps, source.elementwise_affine)
+        self._parameters = dict(source._parameters)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        if w is not None and x.dtype != w.dtype:
+            x, w, b = x.float(), w.float(), None if b is None else b.float()
+        return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
 
 
 class VideoTransformerBlock(nn.Module):
@@ -79,13 +105,15 @@ class VideoTransformerBlock(nn.Module):
 
     def __init__(self, block: BasicTransformerBlock, context: FrameContext):
         super().__init__()
-        if block.norm_type != "layer_norm" or block.only_cross_attention or block.pos_embed is not None:
+        norms = (block.norm1, block.norm2, block.norm3)
+        if (block.norm_type != "layer_norm" or block.only_cross_attention or block.pos_embed is not None
+                or not all(type(n) is nn.LayerNorm for n in norms)):
             raise UnsupportedModelError(
                 f"transformer block with norm_type={block.norm_type!r}, only_cross_attention="
                 f"{block.only_cross_attention}: only SD1.x/SD2.x blocks can be inflated")
-        self.norm1, self.attn1 = block.norm1, block.attn1
-        self.norm2, self.attn2 = block.norm2, block.attn2
-        self.norm3, self.ff = block.norm3, block.ff
+        self.norm1, self.attn1 = MixedLayerNorm(block.norm1), block.attn1
+        self.norm2, self.attn2 = MixedLayerNorm(block.norm2), block.attn2
+        self.norm3, self.ff = MixedLayerNorm(block.norm3), block.ff
         self.attn1.set_processor(SparseCausalAttnProcessor())
         if self.attn2 is not None:
             self.attn2.set_processor(PlainAttnProcessor())
@@ -98,7 +126,7 @@ class VideoTransformerBlock(nn.Module):
         # Reference zeroes only to_out's weight; zeroing the bias too makes the fresh model exactly the 2D one.
         nn.init.zeros_(self.attn_temp.to_out[0].weight)
         nn.init.zeros_(self.attn_temp.to_out[0].bias)
-        self.norm_temp = nn.LayerNorm(dim).to(device=param.device, dtype=param.dtype)
+        self.norm_temp = MixedLayerNorm(nn.LayerNorm(dim).to(device=param.device, dtype=param.dtype))
         self.context = context
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
@@ -259,6 +287,8 @@ def _inflate(unet2d: UNet2DConditionModel) -> VideoUNet:
             module.norm2 = FrameGroupNorm(module.norm2, context)
         blocks = getattr(module, "transformer_blocks", None)
         if isinstance(blocks, nn.ModuleList):
+            if isinstance(getattr(module, "norm", None), nn.GroupNorm):
+                module.norm = FrameGroupNorm(module.norm, context, pool_frames=False)
             for i, block in enumerate(blocks):
                 blocks[i] = VideoTransformerBlock(block, context)
     core.conv_norm_out = FrameGroupNorm(core.conv_norm_out, context)

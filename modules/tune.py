@@ -43,7 +43,7 @@ class TuneConfig:
     trainable: tuple[str, ...] = TAV.trainable_modules
     seed: int = TAV.seed
     gradient_checkpointing: bool = TAV.gradient_checkpointing
-    mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA (fp16 if no bf16), fp32 on CPU
+    mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA (fp16 if no bf16), fp32 on CPU; bf16/fp16: anywhere
     adam_betas: tuple[float, float] = (TAV.adam_beta1, TAV.adam_beta2)
     weight_decay: float = TAV.adam_weight_decay
     adam_epsilon: float = TAV.adam_epsilon
@@ -93,7 +93,9 @@ def select_trainable(unet: torch.nn.Module, patterns: Iterable[str]) -> list[str
 
 
 def _precision(requested: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or requested == "fp32":
+    """Autocast dtype, or None for plain fp32. ``auto``: bf16 on CUDA (fp16 without bf16), fp32 elsewhere; an explicit
+    ``bf16``/``fp16`` autocasts on any device (CPU autocast included, so CPU-only CI exercises the mixed path)."""
+    if requested == "fp32" or requested == "auto" and device.type != "cuda":
         return None
     if requested == "fp16":
         return torch.float16
