@@ -81,7 +81,7 @@ def main() -> None:
         keep.append(tuned)
         rows.append(("OneShotTune (result kept)", rss_gib()))
         saved = N["SaveTunedVideoUNet"]().save(tuned, "bench/memory")
-        rel = saved["result"][0] if isinstance(saved, dict) else saved[0]
+        rel = saved["result"][0] if isinstance(saved, dict) else saved[0]  # older releases returned a ui dict
         keep.append(N["LoadTunedVideoUNet"]().load(keep[0], rel, check_base=True)[0])
         rows.append(("LoadTunedVideoUNet", rss_gib()))
     print(f"model: {a.size}, weights {a.dtype} ({nbytes / 2**30:.2f} GiB), torch {torch.__version__}")

@@ -127,18 +127,16 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
 
 def self_check() -> dict:
     """Convert a tiny random SD1-layout UNet from LDM keys, inflate it, and check the key invariants."""
-    from diffusers import UNet2DConditionModel
+    from .convert import unet_from_ldm
+    from .tiny import TINY_UNET_CONFIG, tiny_unet2d
 
-    from .convert import diffusers_config_from_unet_config, unet_from_ldm
-
-    cfg = {"model_channels": 32, "channel_mult": [1, 2, 2, 2], "num_res_blocks": [2] * 4,
-           "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1, "context_dim": 64,
-           "num_heads": 4, "num_head_channels": -1, "use_linear_in_transformer": False, "adm_in_channels": None}
-    torch.manual_seed(0)
-    ldm = unet_to_ldm(UNet2DConditionModel(**diffusers_config_from_unet_config(cfg)))
+    cfg = TINY_UNET_CONFIG
+    ldm = unet_to_ldm(tiny_unet2d(cfg, seed=0))
     unet = unet_from_ldm(ldm, cfg)
     video = inflate_unet(unet)
-    x, t, c = torch.randn(1, 4, 4, 16, 16), torch.tensor([500]), torch.randn(1, 8, 64)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 4, 4, 16, 16, generator=g), torch.tensor([500])
+    c = torch.randn(1, 8, cfg["context_dim"], generator=g)
     with torch.no_grad():
         one = (video(x[:, :, :1], t, c)[:, :, 0] - unet(x[:, :, 0], t, c).sample).abs().max().item()
         out = video(x, t, c)
@@ -153,7 +151,7 @@ def self_check() -> dict:
 
 def demo(out: Path, device: torch.device) -> dict:
     """Tune-A-Video end to end on a built-in tiny random model and the shipped sample clip."""
-    from .single_file import write_tiny_checkpoint
+    from .tiny import write_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "tiny-sd15-random.safetensors"

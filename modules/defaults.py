@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SD_LATENT_SCALE = 0.18215  # SD1.x/2.x VAE latent scale (LDM configs: model.params.scale_factor)
+
 TUNE_A_VIDEO_TRAINABLE = ("attn1.to_q", "attn2.to_q", "attn_temp")  # Tune-A-Video, configs/*.yaml trainable_modules
 
 #: What the reference code effectively trains: the same modules, but only in the mid and up blocks. It trains with

@@ -13,9 +13,10 @@ import torch
 
 from .checkpoint_io import base_identity
 from .convert import unet_from_ldm
+from .defaults import SD_LATENT_SCALE
 from .inflate import inflate_unet
 from .schedule import NoiseSchedule
-from .video_model import SD_LATENT_SCALE, VideoModel
+from .video_model import VideoModel
 
 
 def video_model_from_ldm(state_dict: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any],

@@ -1,4 +1,4 @@
-"""Headless loading of Stable Diffusion 1.x / 2.x single-file checkpoints, and a tiny random model in that layout.
+"""Headless loading of Stable Diffusion 1.x / 2.x single-file checkpoints.
 
 Format: the original LDM checkpoint layout of Stable Diffusion (Rombach et al., CVPR 2022), as kept in
 ``ComfyUI/models/checkpoints/*.safetensors``:
@@ -27,7 +27,6 @@ the first 4096 values of each tensor, rounded to fp16; prefix- and storage-dtype
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -38,26 +37,23 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextModel
 
-from .atomic import atomic_write
 from .checkpoint_io import unet_fingerprint, unet_hash
 from .convert import (
     LDM_UNET_PREFIX,
     UnsupportedModelError,
     detect_unet_config,
-    diffusers_config_from_unet_config,
     strip_ldm_prefix,
     unet_from_ldm,
     unet_to_ldm,
 )
+from .defaults import SD_LATENT_SCALE
 from .schedule import PREDICTION_TYPES, NoiseSchedule
 from .text_encoder import (
     SD1_TEXT_PREFIX,
     SD2_TEXT_PREFIX,
     TokenizerNotFoundError,
-    byte_chars,
     byte_tokenizer,
     check_tokenizer_fits,
     encode_tokens,
@@ -69,20 +65,20 @@ from .text_encoder import (
     tokenize,
     write_byte_tokenizer,
 )
-from .vae_convert import LATENT_SCALE, VAE_PREFIX, vae_config_from_ldm, vae_from_ldm, vae_ldm_key_for, vae_to_ldm
+from .tiny import TINY_MARKER
+from .vae_convert import VAE_PREFIX, vae_config_from_ldm, vae_from_ldm, vae_ldm_key_for, vae_to_ldm
 from .weights import describe_keys, sub_prefix
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "SDComponents", "load_checkpoint", "encode_prompt", "encode_tokens", "tokenize", "write_tiny_checkpoint",
+    "SDComponents", "load_checkpoint", "encode_prompt", "encode_tokens", "tokenize",
     "unet_hash", "vae_from_ldm", "vae_to_ldm", "vae_config_from_ldm", "text_encoder_from_ldm",
     "text_encoder_to_ldm", "text_encoder_from_open_clip", "load_tokenizer", "write_byte_tokenizer",
-    "byte_tokenizer", "TokenizerNotFoundError", "TINY_UNET_CONFIG", "tiny_modules", "open_clip_to_hf_keys",
+    "byte_tokenizer", "TokenizerNotFoundError", "open_clip_to_hf_keys",
     "vae_ldm_key_for",
 ]
 
-TINY_MARKER = "tunevideo_tiny"
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _UNSUPPORTED_PREFIXES = {
     "conditioner.embedders.": "SDXL-style conditioner.embedders.* text encoders (SDXL / SDXL refiner / SVD)",
@@ -90,17 +86,6 @@ _UNSUPPORTED_PREFIXES = {
     "depth_model.": "an SD2 depth model (depth_model.*)",
 }
 
-#: SD1-layout tiny UNet (ComfyUI unet_config): 3 cross-attention levels + 1 plain level, 2 res blocks each.
-#: 8 heads because :func:`~.convert.detect_unet_config` reads the SD1 layout as 8 heads, so the loaded model is the
-#: written one, forward included.
-TINY_UNET_CONFIG: dict[str, Any] = {
-    "in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 2, 2, 2],
-    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
-    "context_dim": 64, "num_heads": 8, "num_head_channels": -1, "use_linear_in_transformer": False,
-    "adm_in_channels": None, "image_size": 32,
-}
-TINY_VAE = {"block_out_channels": (32, 32, 64, 64), "layers_per_block": 2, "latent_channels": 4}
-TINY_TEXT = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 256, "max_position_embeddings": 77}
 
 
 @dataclass
@@ -134,7 +119,7 @@ class SDComponents:
     kind: str
     sha256_short: str
     fingerprint: str = ""
-    latent_scale: float = LATENT_SCALE
+    latent_scale: float = SD_LATENT_SCALE
     text_layer: int = -1
     unet_config: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
@@ -250,7 +235,7 @@ def load_checkpoint(
     pred = _resolve_prediction_type(prediction_type, kind, meta, "v_pred" in tensors, path)
     comps = SDComponents(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, prediction_type=pred,
                          alphas_cumprod=alphas, kind=kind, sha256_short=sha, fingerprint=fingerprint,
-                         latent_scale=LATENT_SCALE,
+                         latent_scale=SD_LATENT_SCALE,
                          text_layer=-2 if kind == "sd2" else -1, unet_config=unet_config, metadata=meta, path=path)
     logger.info("loaded %s: %s, %s, UNet %.0fM params, text width %d, hash %s%s", path.name, kind, pred,
                 sum(p.numel() for p in unet.parameters()) / 1e6, hidden, sha, " (tiny random model)" if tiny else "")
@@ -307,68 +292,3 @@ def encode_prompt(components: SDComponents, prompts: list[str]) -> torch.Tensor:
     length = components.text_encoder.config.max_position_embeddings
     ids = tokenize(components.tokenizer, prompts, length)
     return encode_tokens(components.text_encoder, ids, components.text_layer)
-
-
-# -------------------------------------------------------------------------------------------------------- tiny model
-def _perturb_norms(module: torch.nn.Module, scale: float = 0.1) -> None:
-    """Random GroupNorm/LayerNorm affine parameters, so tests notice swapped or missing norm weights."""
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "norm" in name:
-                p.add_(scale * torch.randn_like(p))
-
-
-def tiny_modules(seed: int = 0) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
-    """The tiny random SD1-layout UNet, VAE (8x downsampling, 4 latent channels) and CLIP text encoder (vocab 514).
-
-    The global RNG state is left untouched.
-    """
-    n = len(TINY_VAE["block_out_channels"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**diffusers_config_from_unet_config(TINY_UNET_CONFIG))
-        vae = AutoencoderKL(down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
-                            norm_num_groups=32, sample_size=512, scaling_factor=LATENT_SCALE, **TINY_VAE)
-        vocab = len(byte_chars()) * 2 + 2
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=vocab, num_attention_heads=TINY_TEXT["hidden_size"] // 64,
-                                            hidden_act="quick_gelu", bos_token_id=vocab - 2, eos_token_id=vocab - 1,
-                                            pad_token_id=vocab - 1, **TINY_TEXT))
-        for m in (unet, vae, text):
-            _perturb_norms(m)
-    return unet.eval(), vae.eval(), text.eval()
-
-
-def write_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, overwrite: bool = False) -> dict[str, str]:
-    """Write a tiny random-weight SD1-layout single-file checkpoint (~19 MB) for demos and tests.
-
-    Same keys as a real SD1.5 file (``model.diffusion_model.*``, ``first_stage_model.*``,
-    ``cond_stage_model.transformer.text_model.*``, ``alphas_cumprod``), much smaller sizes; metadata
-    ``tunevideo_tiny=1`` makes :func:`load_checkpoint` use the built-in byte tokenizer. Written atomically; an
-    existing file is only replaced with ``overwrite=True``. Returns the metadata written.
-    """
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"tiny checkpoint name {path.name!r} must end with .safetensors")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another name or pass overwrite=True")
-    unet, vae, text = tiny_modules(seed)
-    unet_sd = unet_to_ldm(unet, prefix=LDM_UNET_PREFIX)
-    tensors = {**unet_sd, **vae_to_ldm(vae), **text_encoder_to_ldm(text),
-               "alphas_cumprod": NoiseSchedule.scaled_linear().alphas_cumprod.float()}
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    meta = {
-        TINY_MARKER: "1",
-        "format": "ldm-single-file",
-        "kind": "sd1",
-        "prediction_type": "epsilon",
-        "seed": str(seed),
-        "unet_hash": unet_hash(unet_sd),
-        "unet_config": json.dumps(TINY_UNET_CONFIG),
-        "vae_config": json.dumps(TINY_VAE),
-        "text_config": json.dumps(TINY_TEXT),
-        "tokenizer": "built-in byte-level BPE without merges (514 tokens)",
-        "note": "RANDOM weights for tests and the demo; generated images are noise",
-    }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite)
-    logger.info("wrote tiny random checkpoint %s (%d tensors)", path, len(tensors))
-    return meta

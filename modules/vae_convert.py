@@ -16,12 +16,12 @@ import torch
 from diffusers import AutoencoderKL
 
 from .convert import UnsupportedModelError
+from .defaults import SD_LATENT_SCALE
 from .weights import assign_weights, check_no_meta, describe_keys, strip_prefix
 
 logger = logging.getLogger(__name__)
 
 VAE_PREFIX = "first_stage_model."
-LATENT_SCALE = 0.18215  # SD1.x/2.x VAE scale_factor
 
 _VAE_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
@@ -104,7 +104,7 @@ def vae_config_from_ldm(state_dict: Mapping[str, torch.Tensor], name: str = "sta
         "latent_channels": int(sd["decoder.conv_in.weight"].shape[1]),
         "norm_num_groups": 32,
         "sample_size": 512,
-        "scaling_factor": LATENT_SCALE,
+        "scaling_factor": SD_LATENT_SCALE,
         "use_quant_conv": "quant_conv.weight" in sd,
         "use_post_quant_conv": "post_quant_conv.weight" in sd,
         "mid_block_add_attention": "encoder.mid.attn_1.q.weight" in sd,

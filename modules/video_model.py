@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .defaults import SD_LATENT_SCALE
 from .inflate import VideoUNet, own_parameter
 from .schedule import NoiseSchedule
-
-SD_LATENT_SCALE = 0.18215  # SD1.x/2.x VAE scale factor (LDM configs: scale_factor)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import torch
 from einops import rearrange
 
 from ..modules.convert import UnsupportedModelError, check_supported
+from ..modules.defaults import SD_LATENT_SCALE
 from ..modules.schedule import NoiseSchedule
 
 INVERTED_KEY = "tunevideo_inverted"
@@ -138,5 +139,5 @@ def model_parts(model) -> tuple[dict, dict, NoiseSchedule, float]:
         raise UnsupportedModelError(f"MODEL {family} has no discrete sigma schedule (continuous/EDM sampling is not "
                                     f"supported)")
     schedule = NoiseSchedule.from_sigmas(sampling.sigmas, prediction)
-    scale = float(getattr(getattr(inner, "latent_format", None), "scale_factor", 0.18215))
+    scale = float(getattr(getattr(inner, "latent_format", None), "scale_factor", SD_LATENT_SCALE))
     return inner.diffusion_model.state_dict(), unet_config, schedule, scale

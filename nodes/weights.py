@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from ..modules.atomic import unique_path
 from ..modules.checkpoint_io import load_delta, save_delta
 from . import host
 from .boundary import VIDEO_UNET
+
+logger = logging.getLogger(__name__)
 
 
 def _next_path(prefix: str):
@@ -25,7 +28,8 @@ class SaveTunedVideoUNet:
     FUNCTION = "save"
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("path",)
-    OUTPUT_TOOLTIPS = ("Where the delta was written.",)
+    OUTPUT_TOOLTIPS = ("Where the delta was written, relative to models/tunevideo (it appears in Load Tuned Video "
+                       "UNet's list; connect a Preview Any node to see it in the graph).",)
     OUTPUT_NODE = True
     DESCRIPTION = "Saves only attn_temp/norm_temp and tuned tensors, with method, base hash and prompt metadata."
 
@@ -42,7 +46,8 @@ class SaveTunedVideoUNet:
         path = _next_path(filename_prefix)
         meta = save_delta(video_unet, path)
         rel = path.relative_to(host.model_dir()).as_posix()
-        return {"ui": {"text": [f"{rel} ({meta['method']}, base {meta['base_model_hash']})"]}, "result": (rel,)}
+        logger.info("saved %s (%s, base %s)", rel, meta["method"], meta["base_model_hash"])
+        return (rel,)
 
 
 class LoadTunedVideoUNet:

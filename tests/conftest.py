@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tunevideo.modules import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -35,27 +36,19 @@ def comfy_fixture():
     return sd, cfg, io
 
 
+#: Width of the tiny model's text embeddings (the pack's one tiny config, modules/tiny.py).
+CTX_DIM = tiny.TINY_UNET_CONFIG["context_dim"]
+
+
 @pytest.fixture(scope="session")
 def tiny_unet_config():
-    """A small SD1-layout ComfyUI unet_config (3 cross-attention levels + 1 plain, 2 res blocks)."""
-    return {"in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 1, 2, 2],
-            "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-            "transformer_depth_middle": 1, "context_dim": 48, "num_heads": 4, "num_head_channels": -1,
-            "use_linear_in_transformer": False, "adm_in_channels": None, "image_size": 32}
+    """The pack's tiny SD1-layout ComfyUI unet_config (3 cross-attention levels + 1 plain, 2 res blocks)."""
+    return dict(tiny.TINY_UNET_CONFIG)
 
 
 def make_unet2d(unet_config, seed=0):
     """Random diffusers UNet for a ComfyUI unet_config, with non-trivial norms."""
-    from diffusers import UNet2DConditionModel
-    from tunevideo.modules.convert import diffusers_config_from_unet_config
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**diffusers_config_from_unet_config(unet_config)).eval()
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return unet
+    return tiny.tiny_unet2d(unet_config, seed)
 
 
 @pytest.fixture()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CTX_DIM
 from safetensors.torch import save_file
 from tunevideo.modules.checkpoint_io import BaseMismatchError, load_delta, read_delta, save_delta, unet_hash
 from tunevideo.modules.convert import unet_to_ldm
@@ -13,7 +14,7 @@ from tunevideo.modules.tune import TuneConfig, tune
 @pytest.fixture()
 def tuned(tiny_video_model):
     g = torch.Generator().manual_seed(0)
-    latents, ctx = torch.randn(1, 4, 3, 16, 16, generator=g), torch.randn(1, 7, 48, generator=g)
+    latents, ctx = torch.randn(1, 4, 3, 16, 16, generator=g), torch.randn(1, 7, CTX_DIM, generator=g)
     model, _ = tune(tiny_video_model, latents, ctx, TuneConfig(steps=2, learning_rate=1e-3, seed=0,
                                                                gradient_checkpointing=False), prompt="a man skiing")
     return model

@@ -9,7 +9,8 @@ import torch
 from tunevideo.modules import cli
 from tunevideo.modules.checkpoint_io import load_delta, read_delta
 from tunevideo.modules.pipeline import video_model_from_checkpoint
-from tunevideo.modules.single_file import load_checkpoint, write_tiny_checkpoint
+from tunevideo.modules.single_file import load_checkpoint
+from tunevideo.modules.tiny import write_tiny_checkpoint
 from tunevideo.modules.video_io import probe_video
 
 

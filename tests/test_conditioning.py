@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CTX_DIM
 from tunevideo import NODE_CLASS_MAPPINGS as N
 from tunevideo.modules.conditioning import combined_outputs, entry_outputs, repeat_to_length
 from tunevideo.modules.ddim import ddim_invert, sample
 
 
-def ctx(tokens, seed, dim=48):
+def ctx(tokens, seed, dim=CTX_DIM):
     return torch.randn(1, tokens, dim, generator=torch.Generator().manual_seed(seed))
 
 
 def entry(tokens, seed, **options):
-    return [ctx(tokens, seed), {"pooled_output": torch.zeros(1, 48), **options}]
+    return [ctx(tokens, seed), {"pooled_output": torch.zeros(1, CTX_DIM), **options}]
 
 
 @pytest.fixture()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import torch
+from conftest import CTX_DIM
 from einops import rearrange
 from tunevideo.modules.attention import SparseCausalAttnProcessor, TemporalAttnProcessor
 from tunevideo.modules.inflate import FrameContext, FrameGroupNorm, VideoTransformerBlock, inflate_unet
 
 
-def _inputs(b=2, f=3, seed=0, ctx_dim=48):
+def _inputs(b=2, f=3, seed=0, ctx_dim=CTX_DIM):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(b, 4, f, 16, 16, generator=g), torch.tensor([10, 700][:b]),
             torch.randn(b, 7, ctx_dim, generator=g))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import torch
+from conftest import CTX_DIM
 from tunevideo.modules.ddim import ddim_invert, sample
 
 
 def _reconstruction_error(model, steps):
     g = torch.Generator().manual_seed(0)
-    latents, ctx = torch.randn(1, 4, 4, 16, 16, generator=g), torch.randn(1, 7, 48, generator=g)
+    latents, ctx = torch.randn(1, 4, 4, 16, 16, generator=g), torch.randn(1, 7, CTX_DIM, generator=g)
     fn = model.model_fn()
     x_t = ddim_invert(fn, model.schedule, latents, ctx, steps)
     rec = sample(fn, model.schedule, x_t, ctx, None, steps, cfg=1.0)

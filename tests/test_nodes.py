@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_unet2d
+from conftest import CTX_DIM, make_unet2d
 from tunevideo import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from tunevideo.modules.convert import UnsupportedModelError, unet_to_ldm
 from tunevideo.modules.inflate import TEMPORAL_MARKER
@@ -37,7 +37,7 @@ def fake_model(unet2d, unet_config, prediction="EPS", family="SD15", inference_w
     return SimpleNamespace(model=inner)
 
 
-def cond(seed, dim=48):
+def cond(seed, dim=CTX_DIM):
     return [[torch.randn(1, 7, dim, generator=torch.Generator().manual_seed(seed)), {"pooled_output": None}]]
 
 
@@ -73,7 +73,7 @@ def test_full_chain_under_inference_mode(tiny_unet2d, tiny_unet_config, tmp_path
         (noise,) = N["DDIMInvertVideo"]().run(tuned, latent, empty, steps=4)
         (out,) = N["SampleVideo"]().run(tuned, edit, empty, noise, steps=4, cfg=7.5, eta=0.0, seed=1)
         saved = N["SaveTunedVideoUNet"]().save(tuned, "tests/run")
-        rel = saved["result"][0]
+        (rel,) = saved
         (loaded,) = N["LoadTunedVideoUNet"]().load(video, rel, check_base=True)
     assert curve.shape == (1, 256, 512, 3) and 0 <= curve.min() and curve.max() <= 1
     assert noise["samples"].shape == (3, 4, 16, 16) and noise[INVERTED_KEY]["frames"] == 3
@@ -87,7 +87,7 @@ def test_full_chain_under_inference_mode(tiny_unet2d, tiny_unet_config, tmp_path
     assert all(torch.equal(base_state[k], after[k]) for k in base_state)
     # A second save never overwrites the first.
     with torch.inference_mode():
-        assert N["SaveTunedVideoUNet"]().save(tuned, "tests/run")["result"][0] == "tests/run_00002.safetensors"
+        assert N["SaveTunedVideoUNet"]().save(tuned, "tests/run")[0] == "tests/run_00002.safetensors"
 
 
 def test_same_graph_and_seed_give_a_bit_identical_delta(tiny_unet2d, tiny_unet_config, tmp_path, monkeypatch):
@@ -104,7 +104,7 @@ def test_same_graph_and_seed_give_a_bit_identical_delta(tiny_unet2d, tiny_unet_c
             tuned, _ = N["OneShotTune"]().run(video, latent, cond(1), steps=2, learning_rate=1e-3, seed=7,
                                               trainable="tune-a-video", custom_patterns="", batch_size=1,
                                               gradient_checkpointing=False, mixed_precision="auto")
-            files.append(N["SaveTunedVideoUNet"]().save(tuned, "seeded/run")["result"][0])
+            files.append(N["SaveTunedVideoUNet"]().save(tuned, "seeded/run")[0])
     root = tmp_path / "models" / "tunevideo"
     with safe_open(root / files[0], "pt") as a, safe_open(root / files[1], "pt") as b:
         assert a.metadata() == b.metadata() and sorted(a.keys()) == sorted(b.keys())
@@ -121,7 +121,7 @@ def test_frozen_weights_stay_shared_under_inference_mode(tiny_unet2d, tiny_unet_
         tuned, _ = N["OneShotTune"]().run(video, latent, cond(1), steps=1, learning_rate=1e-3, seed=0,
                                           trainable="tune-a-video", custom_patterns="", batch_size=1,
                                           gradient_checkpointing=True, mixed_precision="auto")
-        rel = N["SaveTunedVideoUNet"]().save(tuned, "shared/run")["result"][0]
+        rel = N["SaveTunedVideoUNet"]().save(tuned, "shared/run")[0]
         (loaded,) = N["LoadTunedVideoUNet"]().load(video, rel, check_base=True)
     base = {k: v.untyped_storage().data_ptr() for k, v in model.model.diffusion_model.state_dict().items()}
     assert set(base) >= {"input_blocks.1.1.proj_in.weight", "out.2.weight"}
@@ -170,8 +170,8 @@ def test_bad_inputs_give_clear_errors(tiny_unet2d, tiny_unet_config, tmp_path, m
                     batch_size=1, gradient_checkpointing=False, mixed_precision="auto")
         with pytest.raises(ValueError, match="latent has 8 latent channels"):
             tune.run(video, {"samples": torch.zeros(2, 8, 16, 16)}, cond(0), **args)
-        with pytest.raises(ValueError, match="positive has 64-dim embeddings but the model expects 48"):
-            tune.run(video, {"samples": torch.zeros(2, 4, 16, 16)}, cond(0, dim=64), **args)
+        with pytest.raises(ValueError, match="positive has 80-dim embeddings but the model expects 64"):
+            tune.run(video, {"samples": torch.zeros(2, 4, 16, 16)}, cond(0, dim=80), **args)
         with pytest.raises(ValueError, match="'nope' matches no module"):
             tune.run(video, {"samples": torch.zeros(2, 4, 16, 16)}, cond(0), **{**args, "trainable": "custom",
                                                                                "custom_patterns": "nope"})
@@ -181,7 +181,7 @@ def test_bad_inputs_give_clear_errors(tiny_unet2d, tiny_unet_config, tmp_path, m
         (noise,) = N["DDIMInvertVideo"]().run(tuned, {"samples": torch.zeros(5, 4, 16, 16)}, cond(0), steps=2)
         with pytest.raises(ValueError, match="inverted noise has 5 frames but the VIDEO_UNET was tuned on 3"):
             N["SampleVideo"]().run(tuned, cond(1), cond(2), noise, 2, 5.0, 0.0, 0)
-        rel = N["SaveTunedVideoUNet"]().save(tuned, "tests/frames")["result"][0]
+        rel = N["SaveTunedVideoUNet"]().save(tuned, "tests/frames")[0]
         (loaded,) = N["LoadTunedVideoUNet"]().load(video, rel, check_base=True)
         with pytest.raises(ValueError, match="inverted noise has 5 frames but the VIDEO_UNET was tuned on 3"):
             N["SampleVideo"]().run(loaded, cond(1), cond(2), noise, 2, 5.0, 0.0, 0)
@@ -196,7 +196,7 @@ def test_v_prediction_model_gives_v_schedule(tiny_unet2d, tiny_unet_config):
                                                                  family="SD21"))
     assert video.schedule.prediction_type == "v_prediction"
     assert torch.allclose(video.schedule.alphas_cumprod, NoiseSchedule.scaled_linear().alphas_cumprod, rtol=1e-5)
-    assert video.unet.config.attention_head_dim == [2, 2, 4, 4]
+    assert video.unet.config.attention_head_dim == [2, 4, 4, 4]  # 16-channel heads over 32, 64, 64, 64 channels
 
 
 def test_interrupt_from_host_stops_tuning_and_leaves_inputs_intact(tiny_unet2d, tiny_unet_config, monkeypatch):

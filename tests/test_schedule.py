@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CTX_DIM
 from tunevideo.modules.ddim import ddim_invert, sample
 from tunevideo.modules.schedule import NoiseSchedule, ddim_move, make_ddim_scheduler
 
@@ -112,7 +113,7 @@ def test_no_float64_tensor_reaches_the_device(tiny_video_model):
     from tunevideo.modules.ddim import ddim_invert, sample
     from tunevideo.modules.tune import TuneConfig, tune
 
-    latents, ctx = torch.randn(1, 4, 2, 8, 8), torch.randn(1, 7, 48)
+    latents, ctx = torch.randn(1, 4, 2, 8, 8), torch.randn(1, 7, CTX_DIM)
     with Float64ToDevice() as mode:
         tuned, _ = tune(tiny_video_model, latents, ctx, TuneConfig(steps=2, gradient_checkpointing=False),
                         device="cpu")

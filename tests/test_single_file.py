@@ -11,9 +11,11 @@ import torch.nn.functional as F
 from conftest import make_unet2d
 from safetensors.torch import load_file, save_file
 from tunevideo.modules import single_file as sf
+from tunevideo.modules import tiny as tiny_model
 from tunevideo.modules.checkpoint_io import unet_hash
 from tunevideo.modules.convert import UnsupportedModelError, unet_to_ldm
 from tunevideo.modules.schedule import NoiseSchedule
+from tunevideo.modules.tiny import TINY_MARKER as TINY
 
 
 def _equal_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -26,7 +28,7 @@ def _equal_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
 @pytest.fixture(scope="module")
 def tiny_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny-sd15.safetensors"
-    meta = sf.write_tiny_checkpoint(path, seed=0)
+    meta = tiny_model.write_tiny_checkpoint(path, seed=0)
     return path, meta
 
 
@@ -51,12 +53,12 @@ def _variant(tensors, tmp_path, name="variant.safetensors", metadata=None, drop=
 # ------------------------------------------------------------------------------------------------- tiny checkpoint
 def test_tiny_checkpoint_round_trip_is_bit_identical(tiny_file, tiny):
     path, meta = tiny_file
-    unet, vae, text = sf.tiny_modules(seed=0)
+    unet, vae, text = tiny_model.tiny_modules(seed=0)
     _equal_state(unet, tiny.unet)
     _equal_state(vae, tiny.vae)
     _equal_state(text, tiny.text_encoder)
     assert tiny.kind == "sd1" and tiny.prediction_type == "epsilon" and tiny.text_layer == -1
-    assert tiny.latent_scale == 0.18215 and tiny.metadata[sf.TINY_MARKER] == "1" and tiny.path == path
+    assert tiny.latent_scale == 0.18215 and tiny.metadata[TINY] == "1" and tiny.path == path
     assert tiny.alphas_cumprod.dtype == torch.float64 and tiny.alphas_cumprod.shape == (1000,)
     assert torch.equal(tiny.alphas_cumprod, NoiseSchedule.scaled_linear().alphas_cumprod)
     # one hash for the file, the written modules and ComfyUI-style bare keys
@@ -84,14 +86,14 @@ def test_tiny_checkpoint_layout_and_determinism(tiny_file, tiny_tensors, tmp_pat
     assert "cond_stage_model.transformer.text_model.final_layer_norm.weight" in tiny_tensors
     assert tiny_tensors["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"].shape == (514, 64)
     again = tmp_path / "again.safetensors"
-    assert sf.write_tiny_checkpoint(again, seed=0) == meta
+    assert tiny_model.write_tiny_checkpoint(again, seed=0) == meta
     second = load_file(again)
     assert second.keys() == tiny_tensors.keys() and all(torch.equal(second[k], tiny_tensors[k]) for k in second)
     with pytest.raises(FileExistsError, match="again.safetensors"):
-        sf.write_tiny_checkpoint(again, seed=1)
-    assert sf.write_tiny_checkpoint(again, seed=1, overwrite=True)["unet_hash"] != meta["unet_hash"]
+        tiny_model.write_tiny_checkpoint(again, seed=1)
+    assert tiny_model.write_tiny_checkpoint(again, seed=1, overwrite=True)["unet_hash"] != meta["unet_hash"]
     with pytest.raises(ValueError, match="safetensors"):
-        sf.write_tiny_checkpoint(tmp_path / "tiny.ckpt")
+        tiny_model.write_tiny_checkpoint(tmp_path / "tiny.ckpt")
 
 
 def test_fp16_load_keeps_hash(tiny_file, tiny):
@@ -109,7 +111,7 @@ def _random_vae(seed=0, channels=(32, 64), layers=1):
     n = len(channels)
     vae = AutoencoderKL(down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
                         block_out_channels=list(channels), layers_per_block=layers, latent_channels=4).eval()
-    sf._perturb_norms(vae)
+    tiny_model.perturb_norms(vae)
     return vae
 
 
@@ -306,7 +308,7 @@ def test_sd2_checkpoint_loads_with_penultimate_layer_and_v_prediction(sd2_file, 
     (None, None, "epsilon"),
 ])
 def test_prediction_type_markers(tiny_tensors, tmp_path, metadata, add, expected):
-    meta = {sf.TINY_MARKER: "1", **(metadata or {})}
+    meta = {TINY: "1", **(metadata or {})}
     path = _variant(tiny_tensors, tmp_path, metadata=meta, add=add)
     assert sf.load_checkpoint(path).prediction_type == expected
     other = "epsilon" if expected == "v_prediction" else "v_prediction"
@@ -315,13 +317,13 @@ def test_prediction_type_markers(tiny_tensors, tmp_path, metadata, add, expected
 
 def test_checkpoint_schedule_is_used_when_it_differs(tiny_tensors, tmp_path):
     own = NoiseSchedule.scaled_linear(beta_start=0.0001, beta_end=0.02).alphas_cumprod
-    path = _variant(tiny_tensors, tmp_path, metadata={sf.TINY_MARKER: "1"}, add={"alphas_cumprod": own.float()})
+    path = _variant(tiny_tensors, tmp_path, metadata={TINY: "1"}, add={"alphas_cumprod": own.float()})
     got = sf.load_checkpoint(path).alphas_cumprod
     assert got.dtype == torch.float64 and torch.equal(got, own.float().double())
-    half = _variant(tiny_tensors, tmp_path, "half.safetensors", metadata={sf.TINY_MARKER: "1"},
+    half = _variant(tiny_tensors, tmp_path, "half.safetensors", metadata={TINY: "1"},
                     add={"alphas_cumprod": NoiseSchedule.scaled_linear().alphas_cumprod.half()})
     assert torch.equal(sf.load_checkpoint(half).alphas_cumprod, NoiseSchedule.scaled_linear().alphas_cumprod)
-    no_key = _variant(tiny_tensors, tmp_path, "nokey.safetensors", metadata={sf.TINY_MARKER: "1"},
+    no_key = _variant(tiny_tensors, tmp_path, "nokey.safetensors", metadata={TINY: "1"},
                       drop=("alphas_cumprod",))
     assert torch.equal(sf.load_checkpoint(no_key).alphas_cumprod, NoiseSchedule.scaled_linear().alphas_cumprod)
 
@@ -375,7 +377,7 @@ def test_unsupported_layouts_name_what_was_found(tiny_tensors, tmp_path):
     no_text = _variant(tiny_tensors, tmp_path, "notext.safetensors", drop=("cond_stage_model.",))
     with pytest.raises(UnsupportedModelError, match="no text encoder"):
         sf.load_checkpoint(no_text)
-    no_vae = _variant(tiny_tensors, tmp_path, "novae.safetensors", metadata={sf.TINY_MARKER: "1"},
+    no_vae = _variant(tiny_tensors, tmp_path, "novae.safetensors", metadata={TINY: "1"},
                       drop=("first_stage_model.",))
     with pytest.raises(UnsupportedModelError, match="novae.safetensors.*autoencoder"):
         sf.load_checkpoint(no_vae)

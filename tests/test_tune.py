@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CTX_DIM
 from tunevideo.modules.tune import TuneConfig, denoising_loss, parse_patterns, select_trainable, tune
 
 FAST = dict(steps=12, learning_rate=1e-3, seed=0, gradient_checkpointing=False)
@@ -11,7 +12,7 @@ FAST = dict(steps=12, learning_rate=1e-3, seed=0, gradient_checkpointing=False)
 
 def _clip(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(1, 4, 3, 16, 16, generator=g), torch.randn(1, 7, 48, generator=g)
+    return torch.randn(1, 4, 3, 16, 16, generator=g), torch.randn(1, 7, CTX_DIM, generator=g)
 
 
 def _eval_loss(model, latents, ctx):
@@ -85,7 +86,7 @@ def test_custom_patterns_and_errors(tiny_video_model):
     with pytest.raises(ValueError, match="'attn9' matches no module"):
         select_trainable(tiny_video_model.unet, ["attn9"])
     with pytest.raises(ValueError, match="must be one clip"):
-        tune(tiny_video_model, torch.zeros(3, 4, 8, 8), torch.zeros(1, 7, 48))
+        tune(tiny_video_model, torch.zeros(3, 4, 8, 8), torch.zeros(1, 7, CTX_DIM))
     with pytest.raises(ValueError, match="steps=0"):
         TuneConfig(steps=0)
 
@@ -107,7 +108,7 @@ def test_mixed_precision_over_half_weights_runs_on_cpu_and_tracks_fp32(tiny_vide
     """ComfyUI on a GPU holds the frozen UNet in fp16; the mixed-precision path (autocast, fp32 master copies of
     the trained tensors) runs under CPU autocast too, so CI covers it without a GPU."""
     g = torch.Generator().manual_seed(0)
-    latents, ctx = torch.randn(1, 4, 2, 8, 8, generator=g), torch.randn(1, 7, 48, generator=g)
+    latents, ctx = torch.randn(1, 4, 2, 8, 8, generator=g), torch.randn(1, 7, CTX_DIM, generator=g)
     half = tiny_video_model.replace(unet=tiny_video_model.unet.clone(dtype=torch.float16))
     cfg = dict(FAST, steps=3, gradient_checkpointing=True)
     _, fp32 = tune(half, latents, ctx, TuneConfig(**cfg, mixed_precision="fp32"))
