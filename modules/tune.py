@@ -3,7 +3,11 @@
 Tune-A-Video (Wu et al., ICCV 2023), Sec. 4.2 "One-shot tuning": the standard denoising loss
 ``|| eps - eps_theta(x_t, t, c) ||^2`` on the source clip's latents and prompt, updating only the sparse-causal and
 cross-attention query projections and the temporal attention (``attn1.to_q``, ``attn2.to_q``, ``attn_temp``).
-Everything else stays frozen and shared with the input model.
+Everything else stays frozen and shared with the input model. Presets: the paper's set in every block, or what the
+reference code effectively trains (mid + up blocks, see :mod:`.defaults`).
+
+The clip is encoded once and the loss uses that latent (the VAE posterior mean, which is also what ComfyUI's VAE
+Encode returns); the reference draws a new posterior sample every step.
 
 :func:`tune` is a pure function of its inputs: it returns a new :class:`~.video_model.VideoModel` and the loss curve;
 the input model is never modified, also when the loop is interrupted (the callback raises).

@@ -70,7 +70,8 @@ def _post(url: str, payload: dict):
     req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
+            body = r.read()
+            return json.loads(body) if body else {}
     except urllib.error.HTTPError as e:
         raise AssertionError(f"POST {url} -> {e.code}: {e.read().decode()[:2000]}") from e
 
@@ -123,14 +124,30 @@ def host(tmp_path_factory):
     log.close()
 
 
-def _shrunk_workflow() -> dict:
+# CLIP Text Encode makes 154 tokens of the first (over 75 tokens) and 231 of the second (over 150): two 77-token
+# windows vs three, so cond and uncond differ in length wherever they meet.
+LONG_PROMPT = ("mickey mouse in a bright red jacket and yellow gloves is skiing down a steep snowy mountain slope at "
+               "sunrise, powder snow spraying behind his skis, pine trees covered in fresh snow on both sides, "
+               "dramatic golden light, crisp blue sky, cinematic wide shot, highly detailed, sharp focus, smooth "
+               "motion, award winning photograph, vivid colours, soft shadows on the snow, a small cabin in the "
+               "distance with smoke rising from the chimney")
+LONG_NEGATIVE = ", ".join(["blurry, low quality, jpeg artifacts, watermark, text, deformed hands, extra limbs, "
+                           "flicker, duplicated frames, overexposed, underexposed, noisy, grainy"] * 4)
+
+
+def _shrunk_workflow(steps: int = 3) -> dict:
+    """The shipped API workflow on the tiny checkpoint and clip, with long prompts on every side."""
     api = json.loads((ROOT / "workflows" / "api" / "tune_a_video.json").read_text())
     by_class = {n["class_type"]: n["inputs"] for n in api.values()}
     by_class["CheckpointLoaderSimple"]["ckpt_name"] = "tiny-sd15.safetensors"
     by_class["LoadVideoClip"].update(video="man-skiing.mp4", frame_count=4, stride=2, width=64, height=64)
-    by_class["OneShotTune"].update(steps=3, learning_rate=1e-3)
+    by_class["OneShotTune"].update(steps=steps, learning_rate=1e-3)
     by_class["DDIMInvertVideo"]["steps"] = 3
     by_class["SampleVideo"].update(steps=3, cfg=5.0)
+    texts = {n.get("_meta", {}).get("title"): n["inputs"] for n in api.values() if n["class_type"] == "CLIPTextEncode"}
+    texts["Edited prompt"]["text"] = LONG_PROMPT
+    texts["Source prompt"]["text"] = "a man is skiing down a snowy slope, " + LONG_PROMPT
+    texts["Empty prompt (inversion + negative)"]["text"] = LONG_NEGATIVE
     return api
 
 
@@ -146,8 +163,18 @@ def test_nodes_are_registered_with_the_host(host):
     assert "tune_a_video" in templates.get("ComfyUI-TuneVideo", []), templates
 
 
+def _conditioning_tokens(text: str) -> int:
+    """Tokens of CLIP Text Encode's conditioning for ``text``: ComfyUI splits the prompt's tokens into windows of
+    75, each framed by start/end tokens to 77 (comfy/sd1_clip.py)."""
+    from tunevideo.modules.text_encoder import load_tokenizer
+
+    n = len(load_tokenizer(Path(COMFY) / "comfy" / "sd1_tokenizer")(text)["input_ids"]) - 2
+    return 77 * max(1, -(-n // 75))
+
+
 def test_api_workflow_runs_and_tuned_weights_reload(host):
     url, base = host
+    assert (_conditioning_tokens(LONG_PROMPT), _conditioning_tokens(LONG_NEGATIVE)) == (154, 231)
     reply = _post(f"{url}/prompt", {"prompt": _shrunk_workflow(), "client_id": "tunevideo-test"})
     assert not reply.get("node_errors"), reply
     result = _wait(reply["prompt_id"], url, timeout=900)
@@ -186,5 +213,48 @@ def test_api_workflow_runs_and_tuned_weights_reload(host):
     reply = _post(f"{url}/prompt", {"prompt": api, "client_id": "tunevideo-test"})
     result = _wait(reply["prompt_id"], url, timeout=300)
     assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-3000:]
-    again, _ = read_delta(base / "models" / "tunevideo" / "reloaded" / "copy_00001.safetensors")
+    again, again_meta = read_delta(base / "models" / "tunevideo" / "reloaded" / "copy_00001.safetensors")
     assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
+    assert again_meta == meta  # the tuning history survives load -> save
+
+
+def test_combined_conditioning_samples(host):
+    """Conditioning (Combine) of a long and a short prompt, strength-set, into inversion and sampling."""
+    url, base = host
+    clip = {"video": "man-skiing.mp4", "start_frame": 0, "frame_count": 3, "stride": 1, "width": 64, "height": 64}
+    api = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd15.safetensors"}},
+           "2": {"class_type": "InflateUNetTemporal", "inputs": {"model": ["1", 0]}},
+           "3": {"class_type": "LoadVideoClip", "inputs": clip},
+           "4": {"class_type": "VAEEncode", "inputs": {"pixels": ["3", 0], "vae": ["1", 2]}},
+           "5": {"class_type": "CLIPTextEncode", "inputs": {"text": LONG_PROMPT, "clip": ["1", 1]}},
+           "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
+           "7": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["5", 0],
+                                                                 "conditioning_2": ["6", 0]}},
+           "8": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+           "9": {"class_type": "DDIMInvertVideo", "inputs": {"video_unet": ["2", 0], "latent": ["4", 0],
+                                                             "conditioning": ["7", 0], "steps": 2}},
+           "10": {"class_type": "SampleVideo", "inputs": {"video_unet": ["2", 0], "positive": ["7", 0],
+                                                          "negative": ["8", 0], "latent": ["9", 0], "steps": 2,
+                                                          "cfg": 7.5, "eta": 0.0, "seed": 1}},
+           "11": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["1", 2]}},
+           "12": {"class_type": "PreviewImage", "inputs": {"images": ["11", 0]}}}
+    reply = _post(f"{url}/prompt", {"prompt": api, "client_id": "tunevideo-test"})
+    result = _wait(reply["prompt_id"], url, timeout=300)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-3000:]
+    assert len(result["outputs"]["12"]["images"]) == 3
+
+
+def test_interrupt_stops_tuning_and_the_next_queue_runs(host):
+    url, _ = host
+    reply = _post(f"{url}/prompt", {"prompt": _shrunk_workflow(steps=100000), "client_id": "tunevideo-test"})
+    deadline = time.monotonic() + 120
+    while _get(f"{url}/queue")["queue_running"] == [] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # inside OneShotTune by now (the earlier nodes are cached)
+    _post(f"{url}/interrupt", {})
+    result = _wait(reply["prompt_id"], url, timeout=120)
+    messages = [m[0] for m in result["status"]["messages"]]
+    assert "execution_interrupted" in messages, messages
+    reply = _post(f"{url}/prompt", {"prompt": _shrunk_workflow(steps=2), "client_id": "tunevideo-test"})
+    result = _wait(reply["prompt_id"], url, timeout=600)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-3000:]

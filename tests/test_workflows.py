@@ -119,7 +119,8 @@ def test_tune_a_video_defaults_are_the_papers():
     clip = by_class["LoadVideoClip"]
     assert (clip["frame_count"], clip["stride"], clip["width"], clip["height"]) == (24, 2, 512, 512)
     tune = by_class["OneShotTune"]
-    assert (tune["steps"], tune["learning_rate"], tune["trainable"]) == (500, 3e-5, "tune-a-video")
+    # The reference code's effective trainable set: it made the paper's results (see README, "Which blocks learn").
+    assert (tune["steps"], tune["learning_rate"], tune["trainable"]) == (500, 3e-5, "tune-a-video-reference")
     assert by_class["DDIMInvertVideo"]["steps"] == 50
     sample = by_class["SampleVideo"]
     assert (sample["steps"], sample["cfg"]) == (50, 12.5)

@@ -65,7 +65,7 @@ def tune_a_video_graph():
         6: ("CLIPTextEncode", "Edited prompt", {"text": "mickey mouse is skiing on the snow"}, {"clip": (1, 1)}),
         7: ("InflateUNetTemporal", None, {}, {"model": (1, 0)}),
         8: ("OneShotTune", None,
-            {"steps": 500, "learning_rate": 3e-5, "seed": 33, "trainable": "tune-a-video",
+            {"steps": 500, "learning_rate": 3e-5, "seed": 33, "trainable": "tune-a-video-reference",
              "custom_patterns": "attn1.to_q, attn2.to_q, attn_temp", "batch_size": 1,
              "gradient_checkpointing": True, "mixed_precision": "auto", "prompt_note": "a man is skiing"},
             {"video_unet": (7, 0), "latent": (3, 0), "positive": (4, 0)}),
@@ -86,7 +86,10 @@ def tune_a_video_graph():
 NOTE = ("Tune-A-Video (Wu et al., ICCV 2023). Put man-skiing.mp4 (or any clip) in ComfyUI/input and an SD1.5 "
         "checkpoint in models/checkpoints, edit the prompts, press Queue. Defaults are the paper's: 24 frames at "
         "512x512 with stride 2, 500 tuning steps at lr 3e-5, 50 DDIM inversion + 50 sampling steps, cfg 12.5. "
-        "The tuned weights are saved to models/tunevideo and can be reused with Load Tuned Video UNet.")
+        "Tuning uses the 'tune-a-video-reference' preset: what the official code (which made the paper's results) "
+        "actually trains, the mid and up blocks; 'tune-a-video' also trains the down blocks, as the paper describes. "
+        "Prompts of any length work. The tuned weights are saved to models/tunevideo and can be reused with Load "
+        "Tuned Video UNet.")
 
 # Layout columns for the UI graph.
 POS = {1: (0, 0), 2: (0, 200), 4: (440, 0), 5: (440, 220), 6: (440, 440), 3: (440, 660), 7: (880, 0),
