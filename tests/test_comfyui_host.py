@@ -161,6 +161,8 @@ def test_nodes_are_registered_with_the_host(host):
     assert "man-skiing.mp4" in info["LoadVideoClip"]["input"]["required"]["video"][0]
     templates = _get(f"{url}/workflow_templates")
     assert "tune_a_video" in templates.get("ComfyUI-TuneVideo", []), templates
+    extensions = _get(f"{url}/extensions")  # the frontend loads these; ours sets tuning seeds to "fixed"
+    assert "/extensions/ComfyUI-TuneVideo/tunevideo.js" in extensions, extensions
 
 
 def _conditioning_tokens(text: str) -> int:
