@@ -83,7 +83,8 @@ def unet_fingerprint(ldm_state_dict: Mapping[str, torch.Tensor]) -> str:
             continue
         if torch.finfo(flat.dtype).eps > torch.finfo(coarse).eps:
             coarse = flat.dtype
-        idx = torch.linspace(0, flat.numel() - 1, _FINGERPRINT_PER_TENSOR).long().to(flat.device)
+        last, k = flat.numel() - 1, _FINGERPRINT_PER_TENSOR
+        idx = torch.tensor([i * last // (k - 1) for i in range(k)], device=flat.device)  # exact for any size
         values.append(flat[idx].to("cpu", torch.float32))
     data = torch.cat(values).numpy().tobytes() if values else b""
     return f"{str(coarse).removeprefix('torch.')}:{base64.b64encode(data).decode()}"
