@@ -77,7 +77,7 @@ def _progress(label: str):
 def run_edit(checkpoint: Path, video: Path, out: Path, s: EditSettings, device: torch.device,
              tokenizer_dir: str | None = None) -> dict:
     """Load, tune, invert, sample, decode and write all outputs. Returns the summary written to summary.json."""
-    from .single_file import encode_prompt, load_checkpoint
+    from .single_file import encode_long_prompt, load_checkpoint
     from .video_io import contact_sheet, read_video, write_video
 
     clash = [name for name in OUTPUTS if (out / name).exists()]
@@ -89,7 +89,8 @@ def run_edit(checkpoint: Path, video: Path, out: Path, s: EditSettings, device: 
     frames, fps = read_video(video, start=s.start, count=s.frames, stride=s.stride, width=s.width, height=s.height)
     vae, text = comp.vae.to(device), comp.text_encoder.to(device)
     latents = encode_frames(vae, frames, comp.latent_scale)
-    src, empty, edit, neg = encode_prompt(comp, [s.source_prompt, "", s.prompt, s.negative_prompt]).float().split(1)
+    src, empty, edit, neg = (encode_long_prompt(comp, p).float()
+                             for p in (s.source_prompt, "", s.prompt, s.negative_prompt))
     text.to("cpu")
     base = video_model_from_checkpoint(comp)
     schedule = base.schedule

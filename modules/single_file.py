@@ -62,6 +62,7 @@ from .text_encoder import (
     text_encoder_from_ldm,
     text_encoder_from_open_clip,
     text_encoder_to_ldm,
+    token_windows,
     tokenize,
     write_byte_tokenizer,
 )
@@ -72,7 +73,7 @@ from .weights import describe_keys, sub_prefix
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "SDComponents", "load_checkpoint", "encode_prompt", "encode_tokens", "tokenize",
+    "SDComponents", "load_checkpoint", "encode_prompt", "encode_long_prompt", "encode_tokens", "tokenize",
     "unet_hash", "vae_from_ldm", "vae_to_ldm", "vae_config_from_ldm", "text_encoder_from_ldm",
     "text_encoder_to_ldm", "text_encoder_from_open_clip", "load_tokenizer", "write_byte_tokenizer",
     "byte_tokenizer", "TokenizerNotFoundError", "open_clip_to_hf_keys",
@@ -281,7 +282,8 @@ def _resolve_prediction_type(requested: str, kind: str, meta: Mapping[str, str],
 
 # -------------------------------------------------------------------------------------------------------------- VAE
 def encode_prompt(components: SDComponents, prompts: list[str]) -> torch.Tensor:
-    """Encode ``prompts`` (``B`` strings) to ``[B, 77, D]`` conditioning, as SD1 / SD2 do (see :func:`encode_tokens`).
+    """Encode ``prompts`` (``B`` strings) to ``[B, 77, D]`` conditioning, as SD1 / SD2 do (see :func:`encode_tokens`);
+    prompts over 75 tokens are truncated (:func:`encode_long_prompt` keeps them whole).
 
     The result is in the text encoder's dtype and on its device.
     """
@@ -292,3 +294,14 @@ def encode_prompt(components: SDComponents, prompts: list[str]) -> torch.Tensor:
     length = components.text_encoder.config.max_position_embeddings
     ids = tokenize(components.tokenizer, prompts, length)
     return encode_tokens(components.text_encoder, ids, components.text_layer)
+
+
+def encode_long_prompt(components: SDComponents, prompt: str) -> torch.Tensor:
+    """One prompt of any length -> ``[1, 77 k, D]`` conditioning, windowed as ComfyUI's CLIP Text Encode does
+    (:func:`~.text_encoder.token_windows`); equals :func:`encode_prompt` up to 75 tokens."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    length = components.text_encoder.config.max_position_embeddings
+    ids = token_windows(components.tokenizer, prompt, length)
+    out = encode_tokens(components.text_encoder, ids, components.text_layer)
+    return out.reshape(1, -1, out.shape[-1])

@@ -255,6 +255,19 @@ def tokenize(tokenizer: Any, prompts: Sequence[str], length: int = 77) -> torch.
     return ids
 
 
+def token_windows(tokenizer: Any, prompt: str, length: int = 77) -> torch.Tensor:
+    """``input_ids`` ``[k, length]`` for a prompt of any length, as ComfyUI's CLIP Text Encode frames it: the prompt's
+    tokens split into windows of ``length - 2``, each between the start and end tokens and padded to ``length``
+    (``k = 1`` up to 75 tokens; an empty prompt is one window). Encoded window by window and joined along the tokens,
+    a 60-word prompt gives 154 tokens, as in ComfyUI."""
+    ids = list(tokenizer([prompt], padding=False, truncation=False)["input_ids"][0])
+    bos, body, eos = ids[0], ids[1:-1], ids[-1]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    width = length - 2
+    windows = [body[i:i + width] for i in range(0, len(body), width)] or [[]]
+    return torch.tensor([[bos, *w, eos] + [pad] * (width - len(w)) for w in windows], dtype=torch.long)
+
+
 # ---------------------------------------------------------------------------------------------------------- encoding
 def encode_tokens(text_encoder: CLIPTextModel, input_ids: torch.Tensor, text_layer: int = -1) -> torch.Tensor:
     """Text conditioning ``[B, N, D]`` from ``input_ids`` ``[B, N]``.

@@ -381,3 +381,15 @@ def test_unsupported_layouts_name_what_was_found(tiny_tensors, tmp_path):
                       drop=("first_stage_model.",))
     with pytest.raises(UnsupportedModelError, match="novae.safetensors.*autoencoder"):
         sf.load_checkpoint(no_vae)
+
+
+def test_long_prompts_are_windowed_as_comfyui_does(tiny):
+    """75 tokens per window between start/end tokens, windows joined: no truncation, and short prompts unchanged."""
+    short = "a man is skiing"
+    torch.testing.assert_close(sf.encode_long_prompt(tiny, short), sf.encode_prompt(tiny, [short]), rtol=0, atol=0)
+    ids = sf.token_windows(tiny.tokenizer, "x" * 100)  # the byte tokenizer: one token per character
+    assert ids.shape == (2, 77) and ids[0, 0] == ids[1, 0] and ids[0, 76] == ids[1, 26]  # start ... end, padded
+    long = sf.encode_long_prompt(tiny, "x" * 100)
+    assert long.shape == (1, 154, 64)
+    torch.testing.assert_close(long[:, :77], sf.encode_prompt(tiny, ["x" * 100]), rtol=0, atol=1e-6)  # window 1
+    assert sf.encode_long_prompt(tiny, "").shape == (1, 77, 64)
