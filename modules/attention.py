@@ -5,6 +5,9 @@ Tune-A-Video (Wu et al., ICCV 2023), Sec. 4.1 "Network inflation":
   ``i-1`` (frame 0 sees itself twice, which equals attending to itself once: duplicated keys only split the weights).
 - *Temporal attention* (T-Attn): attention over the ``f`` frames at each spatial position.
 
+Video-P2P (Liu et al., 2023), Sec. 3.2 and its ``FrameAttention``: the queries of every frame attend to the
+keys/values of frame 0 only (:class:`FirstFrameAttnProcessor`); the rest of the block is Tune-A-Video's.
+
 Both are diffusers attention processors: the :class:`~diffusers.models.attention_processor.Attention` module owns the
 weights (``to_q``, ``to_k``, ``to_v``, ``to_out``), these classes own the maths, and ``F.scaled_dot_product_attention``
 does the work. Token layout entering ``attn1``/``attn_temp`` is ``(b f) n c``.
@@ -56,6 +59,24 @@ class SparseCausalAttnProcessor:
         q = attn.to_q(hidden_states)
         k = sparse_causal_kv(attn.to_k(hidden_states), num_frames)
         v = sparse_causal_kv(attn.to_v(hidden_states), num_frames)
+        return _attend(attn, q, k, v)
+
+
+def first_frame_kv(x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Keys or values of each clip's first frame for every frame: ``[(b f), n, c] -> [(b f), n, c]``."""
+    x = rearrange(x, "(b f) n c -> b f n c", f=num_frames)
+    return rearrange(x[:, :1].expand(-1, num_frames, -1, -1), "b f n c -> (b f) n c")
+
+
+class FirstFrameAttnProcessor:
+    """Self-attention where every frame attends to frame 0 of its clip (Video-P2P's ``FrameAttention``)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 num_frames: int = 1):
+        """``hidden_states``: ``[(b f), n, c]`` -> ``[(b f), n, c]``."""
+        q = attn.to_q(hidden_states)
+        k = first_frame_kv(attn.to_k(hidden_states), num_frames)
+        v = first_frame_kv(attn.to_v(hidden_states), num_frames)
         return _attend(attn, q, k, v)
 
 

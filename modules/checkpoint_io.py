@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_write
 from .convert import strip_ldm_prefix
-from .inflate import TEMPORAL_MARKER
+from .inflate import ATTENTION_VARIANTS, TEMPORAL_MARKER
 from .video_model import TuneRecord, VideoModel
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ def delta_metadata(model: VideoModel) -> dict[str, str]:
         "method": last.method if last else "inflated",
         "base_model_hash": model.base_hash,
         "base_fingerprint": model.base_fingerprint,
+        "attention": model.unet.attention,
         "prediction_type": model.schedule.prediction_type,
         "latent_scale": repr(model.latent_scale),
         "history": json.dumps([r.__dict__ for r in model.history]),
@@ -191,6 +192,14 @@ def load_delta(model: VideoModel, path: str | os.PathLike, check_base: bool = Tr
                              f"{tuple(own[k].shape)} (made for another model size?)")
     if check_base:
         _check_base(model, meta, Path(path).name)
+    attention = meta.get("attention", model.unet.attention)
+    if attention != model.unet.attention:  # the file says how it was tuned: reload with that attention
+        if attention not in ATTENTION_VARIANTS:
+            raise ValueError(f"{Path(path).name} was tuned with attention {attention!r}, which this TuneVideo does "
+                             f"not know ({sorted(ATTENTION_VARIANTS)}); update the pack")
+        logger.info("%s: switching spatial attention %s -> %s as recorded", Path(path).name,
+                    model.unet.attention, attention)
+        model = model.replace(unet=model.unet.with_attention(attention))
     if len(tensors) == len(own):  # full reference checkpoint: keep only what differs from the base
         tensors = _changed_only(tensors, own, check_base, Path(path).name)
     return model.with_tensors(tensors, history=model.history + _history(meta))

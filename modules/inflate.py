@@ -30,7 +30,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from einops import rearrange, repeat
 from torch import nn
 
-from .attention import PlainAttnProcessor, SparseCausalAttnProcessor, TemporalAttnProcessor
+from .attention import FirstFrameAttnProcessor, PlainAttnProcessor, SparseCausalAttnProcessor, TemporalAttnProcessor
 from .convert import UnsupportedModelError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,12 @@ TEMPORAL_MARKER = "_temp."
 #: Seed of the temporal layers' initialisation. The reference seeds the global RNG with its config's ``seed`` (33)
 #: before building the model (train_tuneavideo.py), so its init is fixed per run too; we use the same number.
 TEMPORAL_INIT_SEED = 33
+
+#: Spatial self-attention variants (``attn1``): which frames give each frame's keys and values.
+ATTENTION_VARIANTS = {
+    "tune-a-video": SparseCausalAttnProcessor,  # first + previous frame (Tune-A-Video, Sec. 4.1)
+    "video-p2p": FirstFrameAttnProcessor,  # first frame only (Video-P2P's FrameAttention)
+}
 
 
 class FrameContext:
@@ -103,7 +109,7 @@ class VideoTransformerBlock(nn.Module):
     ``ff``) plus ``norm_temp`` and ``attn_temp``. Token layout: ``(b f) n c``.
     """
 
-    def __init__(self, block: BasicTransformerBlock, context: FrameContext):
+    def __init__(self, block: BasicTransformerBlock, context: FrameContext, attention: str = "tune-a-video"):
         super().__init__()
         norms = (block.norm1, block.norm2, block.norm3)
         if (block.norm_type != "layer_norm" or block.only_cross_attention or block.pos_embed is not None
@@ -114,7 +120,7 @@ class VideoTransformerBlock(nn.Module):
         self.norm1, self.attn1 = MixedLayerNorm(block.norm1), block.attn1
         self.norm2, self.attn2 = MixedLayerNorm(block.norm2), block.attn2
         self.norm3, self.ff = MixedLayerNorm(block.norm3), block.ff
-        self.attn1.set_processor(SparseCausalAttnProcessor())
+        self.attn1.set_processor(ATTENTION_VARIANTS[attention]())
         if self.attn2 is not None:
             self.attn2.set_processor(PlainAttnProcessor())
         dim, a1 = block.norm1.normalized_shape[0], block.attn1
@@ -160,12 +166,13 @@ class VideoUNet(nn.Module):
     ``UNet3DConditionModel`` keys (``down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight``...).
     """
 
-    def __init__(self, core: UNet2DConditionModel, context: FrameContext):
+    def __init__(self, core: UNet2DConditionModel, context: FrameContext, attention: str = "tune-a-video"):
         super().__init__()
         for name, child in core.named_children():
             self.add_module(name, child)
         object.__setattr__(self, "_core", core)  # not a child: its children are ours already
         self.context = context
+        self.attention = attention  # key of ATTENTION_VARIANTS used by every attn1
 
     @property
     def config(self):
@@ -218,8 +225,18 @@ class VideoUNet(nn.Module):
         context = FrameContext()
         with torch.inference_mode(False):
             self._retarget(core, context, device, dtype)
-        video = VideoUNet(core, context)
+        video = VideoUNet(core, context, self.attention)
         video.train(self.training)
+        return video
+
+    def with_attention(self, attention: str) -> VideoUNet:
+        """A clone (weights shared) whose spatial self-attention is ``attention`` (a key of ATTENTION_VARIANTS)."""
+        _check_variant(attention)
+        video = self.clone()
+        for block in video.modules():
+            if isinstance(block, VideoTransformerBlock):
+                block.attn1.set_processor(ATTENTION_VARIANTS[attention]())
+        video.attention = attention
         return video
 
     @staticmethod
@@ -262,8 +279,17 @@ def _check_inflatable(unet: nn.Module) -> None:
         raise UnsupportedModelError(f"UNet config {bad or cfg.get('mid_block_type')} is not SD1.x/SD2.x-like")
 
 
-def inflate_unet(unet2d: UNet2DConditionModel, init_seed: int = TEMPORAL_INIT_SEED) -> VideoUNet:
+def _check_variant(attention: str) -> None:
+    if attention not in ATTENTION_VARIANTS:
+        raise ValueError(f"attention={attention!r}; expected one of {sorted(ATTENTION_VARIANTS)}")
+
+
+def inflate_unet(unet2d: UNet2DConditionModel, init_seed: int = TEMPORAL_INIT_SEED,
+                 attention: str = "tune-a-video") -> VideoUNet:
     """Inflate a diffusers SD1.x/SD2.x UNet into a Tune-A-Video space-time :class:`VideoUNet`.
+
+    ``attention`` picks the spatial self-attention (:data:`ATTENTION_VARIANTS`): ``tune-a-video`` (sparse-causal) or
+    ``video-p2p`` (first frame only); both share every weight and the temporal layers.
 
     ``unet2d`` is left bit-identical and keeps its own processors; its weights are shared with the result.
     The added temporal layers are created on ``unet2d``'s device and dtype. Their random initialisation
@@ -271,12 +297,13 @@ def inflate_unet(unet2d: UNet2DConditionModel, init_seed: int = TEMPORAL_INIT_SE
     same base gives the same model whatever used the global RNG before; the global RNG state is left untouched.
     """
     _check_inflatable(unet2d)
+    _check_variant(attention)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        return _inflate(unet2d)
+        return _inflate(unet2d, attention)
 
 
-def _inflate(unet2d: UNet2DConditionModel) -> VideoUNet:
+def _inflate(unet2d: UNet2DConditionModel, attention: str) -> VideoUNet:
     core = share_clone(unet2d)
     context = FrameContext()
     for module in list(core.modules()):
@@ -290,9 +317,9 @@ def _inflate(unet2d: UNet2DConditionModel) -> VideoUNet:
             if isinstance(getattr(module, "norm", None), nn.GroupNorm):
                 module.norm = FrameGroupNorm(module.norm, context, pool_frames=False)
             for i, block in enumerate(blocks):
-                blocks[i] = VideoTransformerBlock(block, context)
+                blocks[i] = VideoTransformerBlock(block, context, attention)
     core.conv_norm_out = FrameGroupNorm(core.conv_norm_out, context)
-    video = VideoUNet(core, context).eval()
+    video = VideoUNet(core, context, attention).eval()
     for p in video.temporal_parameters().values():  # shared 2D parameters keep their flags
         p.requires_grad_(False)
     return video

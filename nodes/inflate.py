@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..modules.inflate import ATTENTION_VARIANTS
 from ..modules.pipeline import video_model_from_ldm
 from . import host
 from .boundary import VIDEO_UNET, compute_dtype, model_parts
@@ -24,13 +25,19 @@ class InflateUNetTemporal:
         return {"required": {
             "model": ("MODEL", {"tooltip": "An SD1.x or SD2.x model (e.g. from Load Checkpoint). LoRAs applied to it "
                                            "are baked in. SDXL, SD3, Flux and video models are not supported."}),
+        }, "optional": {
+            "attention": (list(ATTENTION_VARIANTS), {"default": "tune-a-video",
+                          "tooltip": "Spatial self-attention across frames. tune-a-video: each frame attends to "
+                                     "the first and the previous frame (sparse-causal). video-p2p: each frame "
+                                     "attends to the first frame only (Video-P2P). Saved deltas record it and "
+                                     "reload with it."}),
         }}
 
-    def inflate(self, model):
+    def inflate(self, model, attention="tune-a-video"):
         host.apply_patches(model)
         state_dict, unet_config, schedule, scale = model_parts(model)
         video = video_model_from_ldm(state_dict, unet_config, schedule, scale,
-                                     dtype=compute_dtype(state_dict, model.model))
+                                     dtype=compute_dtype(state_dict, model.model), attention=attention)
         parked = host.offload_device()
         if any(p.device != parked for p in video.unet.parameters()):  # (partly) on the GPU: park our copy
             video = video.replace(unet=video.unet.clone(device=parked))

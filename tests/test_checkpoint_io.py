@@ -171,3 +171,21 @@ def test_unknown_delta_format_is_refused(tuned, tmp_path):
               metadata={"format": "tunevideo.delta.v9"})
     with pytest.raises(ValueError, match="tunevideo.delta.v9.*newer"):
         load_delta(tuned, path)
+
+
+def test_delta_reloads_with_the_attention_it_was_tuned_with(tuned, tiny_video_model, tmp_path):
+    p2p = tuned.replace(unet=tuned.unet.with_attention("video-p2p"))
+    path = tmp_path / "p2p.safetensors"
+    assert save_delta(p2p, path)["attention"] == "video-p2p"
+    loaded = load_delta(tiny_video_model, path)  # a tune-a-video base: switched as the file records
+    assert loaded.unet.attention == "video-p2p" and tiny_video_model.unet.attention == "tune-a-video"
+    x = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    c = torch.randn(1, 7, CTX_DIM, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.unet(x, 500, c), p2p.unet(x, 500, c), rtol=0, atol=1e-6)
+    assert save_delta(loaded, tmp_path / "again.safetensors")["attention"] == "video-p2p"
+    state = p2p.unet.state_dict()
+    save_file({k: state[k].contiguous() for k in p2p.delta_names()}, str(tmp_path / "odd.safetensors"),
+              metadata={"attention": "mystery"})
+    with pytest.raises(ValueError, match="attention 'mystery'"):
+        load_delta(tiny_video_model, tmp_path / "odd.safetensors")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import CTX_DIM
 from einops import rearrange
-from tunevideo.modules.attention import SparseCausalAttnProcessor, TemporalAttnProcessor
+from tunevideo.modules.attention import FirstFrameAttnProcessor, SparseCausalAttnProcessor, TemporalAttnProcessor
 from tunevideo.modules.inflate import FrameContext, FrameGroupNorm, VideoTransformerBlock, inflate_unet
 
 
@@ -160,3 +161,39 @@ def test_temporal_init_comes_from_a_fixed_generator_not_the_global_rng(tiny_unet
     other = inflate_unet(tiny_unet2d, init_seed=5).temporal_parameters()
     q = next(k for k in a if k.endswith("attn_temp.to_q.weight"))
     assert not torch.equal(a[q], other[q])
+
+
+def test_first_frame_attention_matches_per_frame_definition(tiny_unet2d):
+    """Video-P2P's FrameAttention: every frame's queries attend to the keys/values of its clip's frame 0 only."""
+    attn = tiny_unet2d.down_blocks[0].attentions[0].transformer_blocks[0].attn1
+    f, n, c = 4, 6, attn.to_q.in_features
+    x = torch.randn(2 * f, n, c)
+    with torch.no_grad():
+        got = FirstFrameAttnProcessor()(attn, x, num_frames=f)
+        frames = rearrange(x, "(b f) n c -> b f n c", f=f)
+        for b in range(2):
+            for i in range(f):
+                kv = frames[b, 0]
+                o = _naive_attention(attn.to_q(frames[b, i]), attn.to_k(kv), attn.to_v(kv), attn.heads, attn.scale)
+                assert torch.allclose(got[b * f + i], attn.to_out[0](o), atol=1e-5)
+
+
+def test_attention_variants_share_weights_and_differ_only_in_attn1(tiny_unet2d):
+    tav = inflate_unet(tiny_unet2d)
+    p2p = inflate_unet(tiny_unet2d, attention="video-p2p")
+    assert (tav.attention, p2p.attention) == ("tune-a-video", "video-p2p")
+    a, b = tav.state_dict(), p2p.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same seed, same temporal init
+    x, t, c = _inputs(b=1, f=3)
+    with torch.no_grad():
+        for block in tav.modules():  # let temporal attention act
+            if isinstance(block, VideoTransformerBlock):
+                block.attn_temp.to_out[0].weight.normal_(0, 0.05)
+        switched = tav.with_attention("video-p2p")
+        p2p.load_state_dict(tav.state_dict())
+        torch.testing.assert_close(switched(x, t, c), p2p(x, t, c), rtol=0, atol=1e-5)
+        assert not torch.allclose(tav(x, t, c), p2p(x, t, c), atol=1e-4)  # frame 2 sees frame 1 only in TAV
+        torch.testing.assert_close(tav(x[:, :, :1], t, c), p2p(x[:, :, :1], t, c), rtol=0, atol=1e-6)  # one frame
+    assert tav.attention == "tune-a-video" and switched.clone().attention == "video-p2p"
+    with pytest.raises(ValueError, match="attention='nope'"):
+        inflate_unet(tiny_unet2d, attention="nope")

@@ -190,6 +190,15 @@ def test_bad_inputs_give_clear_errors(tiny_unet2d, tiny_unet_config, tmp_path, m
         N["SaveTunedVideoUNet"]().save(video, "../escape")
 
 
+def test_inflate_node_offers_the_video_p2p_attention(tiny_unet2d, tiny_unet_config):
+    spec = N["InflateUNetTemporal"].INPUT_TYPES()["optional"]["attention"]
+    assert spec[0] == ["tune-a-video", "video-p2p"] and spec[1]["default"] == "tune-a-video"
+    with torch.inference_mode():
+        (plain,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config))
+        (p2p,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config), attention="video-p2p")
+    assert (plain.unet.attention, p2p.unet.attention) == ("tune-a-video", "video-p2p")
+
+
 def test_v_prediction_model_gives_v_schedule(tiny_unet2d, tiny_unet_config):
     sd2 = dict(tiny_unet_config, num_heads=-1, num_head_channels=16)
     with torch.inference_mode():

@@ -63,7 +63,7 @@ def tune_a_video_graph():
         4: ("CLIPTextEncode", "Source prompt", {"text": "a man is skiing"}, {"clip": (1, 1)}),
         5: ("CLIPTextEncode", "Empty prompt (inversion + negative)", {"text": ""}, {"clip": (1, 1)}),
         6: ("CLIPTextEncode", "Edited prompt", {"text": "mickey mouse is skiing on the snow"}, {"clip": (1, 1)}),
-        7: ("InflateUNetTemporal", None, {}, {"model": (1, 0)}),
+        7: ("InflateUNetTemporal", None, {"attention": "tune-a-video"}, {"model": (1, 0)}),
         8: ("OneShotTune", None,
             {"steps": 500, "learning_rate": 3e-5, "seed": 33, "trainable": "tune-a-video-reference",
              "custom_patterns": "attn1.to_q, attn2.to_q, attn_temp", "batch_size": 1,
