@@ -1,0 +1,58 @@
+"""Equivalence with the official Video-P2P code (fixtures made by running it; see fixtures/videop2p_reference)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import load_file
+from tunevideo.modules.inflate import inflate_unet
+from tunevideo.modules.null_text import NullTextConfig, null_text_invert
+from tunevideo.modules.schedule import NoiseSchedule
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REF = FIXTURES / "videop2p_reference"
+
+
+def _p2p_unet():
+    """The reference fixture's sd1_tiny network and weights, inflated with Video-P2P's attention."""
+    config = json.loads((FIXTURES / "tav_reference" / "sd1_tiny.config.json").read_text())
+    data = load_file(FIXTURES / "tav_reference" / "sd1_tiny.safetensors")
+    state = {k.removeprefix("unet."): v.float() for k, v in data.items() if k.startswith("unet.")}
+    video = inflate_unet(UNet2DConditionModel(**config).eval(), attention="video-p2p")
+    video.load_state_dict(state, strict=True)
+    return video
+
+
+@pytest.fixture(scope="module")
+def p2p_unet():
+    return _p2p_unet()
+
+
+@pytest.mark.parametrize("frames", [1, 4])
+def test_video_p2p_unet_equals_reference(p2p_unet, frames):
+    io = load_file(REF / "unet.safetensors")
+    with torch.no_grad():
+        out = p2p_unet(io[f"x_f{frames}"], io["t"], io["ctx"])
+    assert (out - io[f"out_f{frames}"]).abs().max() <= 1e-5
+
+
+def test_null_text_inversion_equals_reference(p2p_unet):
+    """5 DDIM steps, 4 frames of 16x16 latents, guidance 7.5, 10 inner Adam steps: the inversion path and the
+    per-step embeddings of the reference NullInversion (which itself varies by ~6e-4 between CPU thread counts)."""
+    ref = load_file(REF / "null_text.safetensors")
+    sched = NoiseSchedule.scaled_linear()
+
+    def model(x, t, context):
+        return p2p_unet(x, t.expand(x.shape[0]), context.expand(x.shape[0], -1, -1))
+
+    assert torch.equal(sched.ddim_timesteps(5), ref["timesteps"].long())
+    for prefix, epsilon in (("", 1e-5), ("es_", 4.0)):  # es_: a threshold at which the early stop fires
+        config = NullTextConfig(steps=5, early_stop_epsilon=epsilon)
+        result = null_text_invert(model, sched, ref["x0"], ref["cond"], ref["uncond0"], config)
+        assert (result.path - ref["ddim_latents"]).abs().max() <= 5e-5
+        diff = (result.uncond - ref[f"{prefix}uncond_embeddings"][:, 0]).abs()
+        assert diff.mean() <= 1e-4 and diff.max() <= 1e-2, (prefix, float(diff.mean()), float(diff.max()))
