@@ -57,14 +57,15 @@ def ddim_invert(model: ModelFn, schedule: NoiseSchedule, latents: torch.Tensor, 
     return x
 
 
-def guided_output(model: ModelFn, x: torch.Tensor, t: int, cond: Conditioning, uncond: Conditioning | None,
+def guided_output(model: ModelFn, x: torch.Tensor, t: int, cond: Cond, uncond: Cond | None,
                   cfg: float) -> torch.Tensor:
     """Classifier-free guidance ``u + cfg (c - u)`` in the model's output space, in as few batched calls as the
-    token lengths allow (:func:`~.conditioning.combined_outputs`)."""
+    token lengths allow (:func:`~.conditioning.combined_outputs`). ``cond``/``uncond``: tensors or entry lists."""
     tt = torch.tensor([t], device=x.device)
+    cond = as_entries(cond, "positive conditioning")
     if uncond is None or cfg == 1.0:
         return combined_outputs(model, x, tt, [cond])[0]
-    u, c = combined_outputs(model, x, tt, [uncond, cond])
+    u, c = combined_outputs(model, x, tt, [as_entries(uncond, "negative conditioning"), cond])
     return u + cfg * (c - u)
 
 

@@ -182,7 +182,7 @@ def test_delta_reloads_with_the_attention_it_was_tuned_with(tuned, tiny_video_mo
     x = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     c = torch.randn(1, 7, CTX_DIM, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        torch.testing.assert_close(loaded.unet(x, 500, c), p2p.unet(x, 500, c), rtol=0, atol=1e-6)
+        torch.testing.assert_close(loaded.unet(x, 500, c), p2p.unet(x, 500, c), rtol=0, atol=1e-5)
     assert save_delta(loaded, tmp_path / "again.safetensors")["attention"] == "video-p2p"
     state = p2p.unet.state_dict()
     save_file({k: state[k].contiguous() for k in p2p.delta_names()}, str(tmp_path / "odd.safetensors"),
