@@ -141,7 +141,7 @@ class VideoTransformerBlock(nn.Module):
         f = self.context.num_frames
         h = self.attn1(self.norm1(hidden_states), num_frames=f) + hidden_states
         if self.attn2 is not None:
-            h = self.attn2(self.norm2(h), encoder_hidden_states=encoder_hidden_states) + h
+            h = self.attn2(self.norm2(h), encoder_hidden_states=encoder_hidden_states, num_frames=f) + h
         h = self.ff(self.norm3(h)) + h
         return self.attn_temp(self.norm_temp(h), num_frames=f) + h
 
