@@ -44,3 +44,29 @@ class TuneAVideoDefaults:
 
 
 TAV = TuneAVideoDefaults()
+
+
+@dataclass(frozen=True)
+class VideoP2PDefaults:
+    """Video-P2P (Liu et al., 2023), official configs/rabbit-jump-tune.yaml and configs/rabbit-jump-p2p.yaml, and the
+    constants of run_videop2p.py."""
+
+    n_sample_frames: int = 8  # train_data.n_sample_frames
+    sample_frame_rate: int = 1  # train_data.sample_frame_rate
+    width: int = 512
+    height: int = 512
+    max_train_steps: int = 500  # rabbit-jump-tune.yaml (car-drive and penguin-run use 300)
+    learning_rate: float = 3e-5
+    source_prompt: str = "a rabbit is jumping on the grass"  # prompt
+    edit_prompt: str = "a origami rabbit is jumping on the grass"  # prompts[1]
+    word_swap: bool = False  # is_word_swap
+    blend_words: str = "rabbit, rabbit"  # blend_word
+    reweight: str = "origami: 2"  # eq_params
+    cross_replace_steps: float = 0.2  # run_videop2p.py default
+    self_replace_steps: float = 0.5
+    blend_threshold: float = 0.3  # mask_th
+    steps: int = 50  # NUM_DDIM_STEPS
+    guidance: float = 7.5  # GUIDANCE_SCALE
+
+
+VP2P = VideoP2PDefaults()

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .inflate import VideoTransformerBlock, VideoUNet
+from .prompt_align import MAX_TOKENS, refinement_mapper, replacement_mapper, token_weights, word_mask
 from .schedule import NoiseSchedule, ddim_move
 
 Callback = Callable[[int, int, dict], None]
@@ -91,7 +92,7 @@ class AttentionController:
             if c.reweight is not None:
                 new = new * c.reweight.to(src)
             probs = torch.cat([probs[:3], new[None]])
-        if blend_layer and c.blend_src is not None:
+        if blend_layer:  # kept for local blend and for the attention-map view
             cond = probs[2:].detach()
             self.state.store[name] = self.state.store[name] + cond if name in self.state.store else cond.clone()
         return probs
@@ -108,19 +109,21 @@ class AttentionController:
         if c.blend_src is None or self.state.step < self.blend_from or not self.state.store:
             return x, None
         _, _, f, h, w = x.shape
-        words = torch.stack([c.blend_src, c.blend_edit]).to(x)  # [2, L]
-        maps = []
-        for m in self.state.store.values():  # [2, f, heads, n, L]
-            hm = rearrange(m, "b f k (y x) l -> b f k y x l", y=h // 4)
-            maps.append(hm)
-        maps = torch.cat(maps, dim=2)  # heads of every blend layer
-        m = (maps * words[:, None, None, None, None, :]).sum(-1).mean(2)  # [2, f, h/4, w/4]
+        m = self.word_maps(torch.stack([c.blend_src, c.blend_edit]), h)  # [2, f, h/4, w/4]
         m = F.max_pool2d(m, kernel_size=3, stride=1, padding=1)
         m = F.interpolate(m, size=(h, w))
         m = m / m.amax(dim=(2, 3), keepdim=True)
         mask = m > c.blend_threshold
         mask = (mask[:1] | mask).float()[:, None]  # [2, 1, f, h, w]
         return x[:1] + mask * (x - x[:1]), mask
+
+
+    def word_maps(self, words: torch.Tensor, latent_height: int) -> torch.Tensor:
+        """Cross-attention of token masks ``words`` ``[2, L]`` (one per branch), summed over the steps so far and
+        averaged over the heads of every layer at 1/4 of the latent resolution: ``[2, f, h/4, w/4]``."""
+        maps = [rearrange(m, "b f k (y x) l -> b f k y x l", y=latent_height // 4) for m in self.state.store.values()]
+        maps = torch.cat(maps, dim=2)  # heads of every layer
+        return (maps * words.to(maps)[:, None, None, None, None, :]).sum(-1).mean(2)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -187,7 +190,7 @@ def controlled_unet(unet: VideoUNet, controller: AttentionController) -> VideoUN
 def p2p_sample(unet: VideoUNet, schedule: NoiseSchedule, x_t: torch.Tensor, cond_src: torch.Tensor,
                cond_edit: torch.Tensor, uncond: torch.Tensor, control: EditControl, steps: int = 50,
                guidance: float = 7.5, null_text: torch.Tensor | None = None, fast: bool = False,
-               callback: Callback | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+               callback: Callback | None = None) -> tuple[torch.Tensor, list[torch.Tensor], AttentionController]:
     """Sample source and edit branches from ``x_t`` ``[1, c, f, h, w]`` with attention control.
 
     Args:
@@ -195,7 +198,8 @@ def p2p_sample(unet: VideoUNet, schedule: NoiseSchedule, x_t: torch.Tensor, cond
         null_text: ``[steps, L, d]`` per-step unconditional embeddings of the source branch (from null-text
             inversion), or None to use ``uncond``.
         fast: no guidance on the source branch (Video-P2P ``--fast``).
-    Returns ``(latents [2, c, f, h, w] (source, edit), local-blend masks of the steps where it acted)``.
+    Returns ``(latents [2, c, f, h, w] (source, edit), local-blend masks of the steps where it acted, the controller
+    (its :meth:`~AttentionController.word_maps` shows the accumulated cross-attention))``.
     """
     _, _, f, h, w = x_t.shape
     if h % 8 or w % 8:
@@ -227,4 +231,47 @@ def p2p_sample(unet: VideoUNet, schedule: NoiseSchedule, x_t: torch.Tensor, cond
             masks.append(mask)
         if callback is not None:
             callback(i + 1, len(ts), {"timestep": t})
-    return x, masks
+    return x, masks, controller
+
+
+def edit_control(source: str, edit: str, tokenize, decode, word_swap: bool, blend: tuple[str, str] | None = None,
+                 reweight: dict[str, float] | None = None, **settings) -> EditControl:
+    """An :class:`EditControl` from the two prompts (plain text, at most 75 tokens each) and word choices, with
+    clear errors naming what is wrong. ``settings``: the step fractions and thresholds of :class:`EditControl`."""
+    for name, prompt in (("source prompt", source), ("edit prompt", edit)):
+        n = len(tokenize(prompt))
+        if n > MAX_TOKENS:
+            raise ValueError(f"{name} has {n - 2} tokens; prompt-to-prompt works within one 77-token window "
+                             f"(at most 75 tokens)")
+    if word_swap:
+        mapper, alphas = replacement_mapper(source, edit, tokenize, decode), None
+    else:
+        mapper, alphas = refinement_mapper(source, edit, tokenize)
+    weights = token_weights(edit, reweight, tokenize, decode) if reweight else None
+    blend_src = blend_edit = None
+    if blend is not None:
+        blend_src = word_mask(source, blend[0], tokenize, decode, role="blend (source)")
+        blend_edit = word_mask(edit, blend[1], tokenize, decode, role="blend (edit)")
+    return EditControl(word_swap=word_swap, mapper=mapper, alphas=alphas, reweight=weights, blend_src=blend_src,
+                       blend_edit=blend_edit, **settings)
+
+
+def attention_image(controller: AttentionController, control: EditControl, latent_height: int) -> torch.Tensor:
+    """The accumulated cross-attention of the blend words (source row, edit row) and the reweighted words (edit
+    row) over the frames, as a ComfyUI IMAGE ``[1, H, W, 3]`` (each map scaled to 0..1, 4x nearest upsampled,
+    2-pixel gaps). A blank 8x8 image when no word was chosen."""
+    rows = []
+    if control.blend_src is not None:
+        rows += [(0, control.blend_src), (1, control.blend_edit)]
+    if control.reweight is not None and bool((control.reweight != 1).any()):
+        rows.append((1, (control.reweight != 1).float()))
+    if not rows or not controller.state.store:
+        return torch.zeros(1, 8, 8, 3)
+    tiles = []
+    for branch, words in rows:
+        m = controller.word_maps(torch.stack([words, words]), latent_height)[branch]  # [f, y, x]
+        m = m / m.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+        m = F.interpolate(m[:, None], scale_factor=4, mode="nearest")[:, 0]
+        tiles.append(torch.cat([F.pad(frame, (0, 2, 0, 2)) for frame in m], dim=1))
+    grid = torch.cat(tiles, dim=0).clamp(0, 1)
+    return grid[None, :, :, None].expand(-1, -1, -1, 3).float().cpu()

@@ -5,6 +5,7 @@ from .inflate import InflateUNetTemporal
 from .sampling import DDIMInvertVideo, SampleVideo
 from .tune import OneShotTune
 from .video import LoadVideoClip
+from .video_p2p import NullTextInvertVideo, VideoP2PEdit
 from .weights import LoadTunedVideoUNet, SaveTunedVideoUNet
 
 host.register_model_folder()
@@ -17,6 +18,8 @@ NODE_CLASS_MAPPINGS = {
     "SaveTunedVideoUNet": SaveTunedVideoUNet,
     "LoadTunedVideoUNet": LoadTunedVideoUNet,
     "LoadVideoClip": LoadVideoClip,
+    "NullTextInvertVideo": NullTextInvertVideo,
+    "VideoP2PEdit": VideoP2PEdit,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -27,4 +30,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SaveTunedVideoUNet": "Save Tuned Video UNet",
     "LoadTunedVideoUNet": "Load Tuned Video UNet",
     "LoadVideoClip": "Load Video Clip (TuneVideo)",
+    "NullTextInvertVideo": "Null-Text Invert Video (Video-P2P)",
+    "VideoP2PEdit": "Video-P2P Edit",
 }

@@ -141,3 +141,27 @@ def model_parts(model) -> tuple[dict, dict, NoiseSchedule, float]:
     schedule = NoiseSchedule.from_sigmas(sampling.sigmas, prediction)
     scale = float(getattr(getattr(inner, "latent_format", None), "scale_factor", SD_LATENT_SCALE))
     return inner.diffusion_model.state_dict(), unet_config, schedule, scale
+
+
+def clip_tokenizer(clip):
+    """``(tokenize(text) -> ids with start/end, decode(id) -> text)`` from a ComfyUI CLIP's own BPE tokenizer (the
+    checkpoint's; nothing is downloaded)."""
+    outer = getattr(clip, "tokenizer", None)
+    inner = getattr(outer, getattr(outer, "clip", ""), None)
+    bpe = getattr(inner, "tokenizer", None)
+    if bpe is None or not callable(getattr(bpe, "decode", None)):
+        raise ValueError("clip must be an SD1.x/SD2.x CLIP from Load Checkpoint (its tokenizer was not found)")
+    return (lambda text: list(bpe(text)["input_ids"])), (lambda token: bpe.decode([token]))
+
+
+def clip_prompt(clip, text: str, name: str, model) -> torch.Tensor:
+    """Encode one plain prompt through ComfyUI's CLIP -> ``[1, 77, d]``; refuses weight syntax and long prompts,
+    which would move or re-weight the tokens prompt-to-prompt addresses."""
+    if any(c in text for c in "()") or "embedding:" in text:
+        raise ValueError(f"{name}: prompt-to-prompt needs plain text; '(word:weight)' and embeddings change the "
+                         f"tokens it addresses (use the reweight input instead)")
+    cond = clip.encode_from_tokens(clip.tokenize(text))
+    if cond.shape[1] != 77:
+        raise ValueError(f"{name} has more than 75 tokens ({cond.shape[1]} conditioning tokens); prompt-to-prompt "
+                         f"works within one 77-token window")
+    return conditioning_tensor([[cond, {}]], name, model)

@@ -78,7 +78,7 @@ def _refine_identity(**kw):
 
 def test_full_control_with_the_same_prompt_gives_the_source_video(clip):
     unet, sched, x, src, _, empty = clip
-    out, masks = p2p_sample(unet, sched, x, src, src, empty, _refine_identity(cross_replace_steps=1.0,
+    out, masks, _ = p2p_sample(unet, sched, x, src, src, empty, _refine_identity(cross_replace_steps=1.0,
                                                                             self_replace_steps=1.0), steps=4)
     assert torch.equal(out[0], out[1]) and masks == []
 
@@ -88,12 +88,12 @@ def test_source_branch_is_plain_sampling_and_the_null_text_reconstruction(clip):
     unet, sched, x0, src, edit, empty = clip
     fn = lambda x, t, c: unet(x, t, c)  # noqa: E731
     ctl = EditControl(word_swap=True, mapper=torch.eye(77), reweight=torch.full((77,), 2.0), cross_replace_steps=1.0)
-    fast, _ = p2p_sample(unet, sched, x0, src, edit, empty, ctl, steps=3, fast=True)
+    fast, _, _ = p2p_sample(unet, sched, x0, src, edit, empty, ctl, steps=3, fast=True)
     torch.testing.assert_close(fast[:1], sample(fn, sched, x0, src, None, steps=3, cfg=1.0), rtol=0, atol=1e-4)
     inv = null_text_invert(fn, sched, x0, src, empty, NullTextConfig(steps=3, inner_steps=2))
-    out, _ = p2p_sample(unet, sched, inv.noise, src, edit, empty, ctl, steps=3, null_text=inv.uncond)
+    out, _, _ = p2p_sample(unet, sched, inv.noise, src, edit, empty, ctl, steps=3, null_text=inv.uncond)
     torch.testing.assert_close(out[:1], reconstruct(fn, sched, inv, src)[-1], rtol=0, atol=1e-4)
-    plain, _ = p2p_sample(unet, sched, inv.noise, src, edit, empty, _refine_identity(cross_replace_steps=0.0,
+    plain, _, _ = p2p_sample(unet, sched, inv.noise, src, edit, empty, _refine_identity(cross_replace_steps=0.0,
                                                                                     self_replace_steps=0.0), steps=3)
     assert (out[1] - plain[1]).abs().max() > 1e-3  # the controls changed the edit branch
 
@@ -107,7 +107,7 @@ def test_local_blend_keeps_the_source_outside_the_mask(clip):
     word = torch.zeros(77)
     word[3] = 1
     ctl = _refine_identity(blend_src=word, blend_edit=word, blend_threshold=0.9)
-    out, masks = p2p_sample(unet, sched, x, src, edit, empty, ctl, steps=5)
+    out, masks, _ = p2p_sample(unet, sched, x, src, edit, empty, ctl, steps=5)
     assert len(masks) == 4  # from step int(0.2 * 5) = 1 on
     mask = masks[-1]
     assert mask.shape == (2, 1, 1, 32, 32) and 0 < float(mask[1].mean()) < 1  # a real partial mask
@@ -115,3 +115,58 @@ def test_local_blend_keeps_the_source_outside_the_mask(clip):
     assert torch.equal((out[1] - out[0]) * (1 - mask[1]), torch.zeros_like(out[1]))
     with pytest.raises(ValueError, match="divisible by 8"):
         p2p_sample(unet, sched, torch.zeros(1, 4, 2, 12, 8), src, edit, empty, ctl, steps=2)
+
+
+class FakeClip:
+    """What the Video-P2P nodes use of a ComfyUI CLIP: tokenize/encode_from_tokens and its BPE tokenizer."""
+
+    def __init__(self):
+        from tunevideo.modules.text_encoder import byte_tokenizer
+
+        self.bpe = byte_tokenizer()
+        self.tokenizer = type("SD1Tokenizer", (), {"clip": "clip_l"})()
+        self.tokenizer.clip_l = type("SDTokenizer", (), {"tokenizer": self.bpe})()
+        self.table = torch.randn(len(self.bpe), CTX_DIM, generator=torch.Generator().manual_seed(5))
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens(self, text):
+        from tunevideo.modules.text_encoder import token_windows
+
+        return self.table[token_windows(self.bpe, text)].reshape(1, -1, CTX_DIM)
+
+
+def test_video_p2p_nodes_end_to_end_with_clear_errors(tiny_unet2d, tiny_unet_config):
+    from test_nodes import fake_model
+    from tunevideo import NODE_CLASS_MAPPINGS as N
+
+    clip = FakeClip()
+    latent = {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    edit_args = dict(edit_prompt="a origami cat", mode="refine", cross_replace_steps=0.5, self_replace_steps=0.5,
+                     blend_words="cat, cat", reweight="origami: 2", blend_threshold=0.3, cfg=7.5)
+    with torch.inference_mode():
+        (video,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config), "video-p2p")
+        (inverted,) = N["NullTextInvertVideo"]().run(video, latent, clip, "a cat", steps=3, fast=False)
+        edited, source, attention = N["VideoP2PEdit"]().run(video, inverted, clip, **edit_args)
+        (fast,) = N["NullTextInvertVideo"]().run(video, latent, clip, "a cat", steps=3, fast=True)
+        N["VideoP2PEdit"]().run(video, fast, clip, **edit_args)
+        tag = inverted["tunevideo_null_text"]
+        assert tag["uncond"].shape == (3, 77, CTX_DIM) and tag["prompt"] == "a cat"
+        assert edited["samples"].shape == source["samples"].shape == (2, 4, 8, 8)
+        assert not torch.equal(edited["samples"], source["samples"])
+        assert attention.shape[0] == 1 and attention.shape[-1] == 3 and attention.shape[1] == 3 * (8 + 2)
+        bad = [({"edit_prompt": "a origami dog"}, "blend \\(edit\\) word 'cat'"),
+               ({"mode": "word swap", "edit_prompt": "a big cat"}, "same number of words"),
+               ({"reweight": "origami"}, "'word: number'"),
+               ({"blend_words": "cat"}, "two words"),
+               ({"edit_prompt": "a (origami:1.2) cat"}, "plain text"),
+               ({"edit_prompt": "a cat " + "x" * 80, "blend_words": ""}, "more than 75 tokens")]
+        for change, message in bad:
+            with pytest.raises(ValueError, match=message):
+                N["VideoP2PEdit"]().run(video, inverted, clip, **{**edit_args, **change})
+        with pytest.raises(ValueError, match="Null-Text Invert Video"):
+            N["VideoP2PEdit"]().run(video, latent, clip, **edit_args)
+        other = video.replace(base_hash="0" * 16)
+        with pytest.raises(ValueError, match="another model"):
+            N["VideoP2PEdit"]().run(other, inverted, clip, **edit_args)

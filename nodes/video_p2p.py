@@ -1,0 +1,158 @@
+"""Video-P2P nodes: NullTextInvertVideo and VideoP2PEdit (Liu et al., 2023; prompt-to-prompt control)."""
+
+from __future__ import annotations
+
+from ..modules.defaults import VP2P
+from ..modules.null_text import NullTextConfig, null_text_invert
+from ..modules.video_p2p import attention_image, edit_control, p2p_sample
+from . import host
+from .boundary import VIDEO_UNET, clip_prompt, clip_tokenizer, latent_to_video, video_to_latent
+
+NULL_TEXT_KEY = "tunevideo_null_text"
+
+
+class NullTextInvertVideo:
+    """DDIM-invert the source clip with its prompt, then optimise one unconditional embedding per step."""
+
+    CATEGORY = "TuneVideo/video-p2p"
+    FUNCTION = "run"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("inverted",)
+    OUTPUT_TOOLTIPS = ("Inverted noise, carrying the per-step null-text embeddings and the source prompt for "
+                       "Video-P2P Edit.",)
+    DESCRIPTION = ("Null-text inversion (Mokady et al. 2023) as Video-P2P runs it: Adam per step, lr 1e-2 "
+                   "(1 - i/100), up to 10 updates with early stop, guidance 7.5. fast skips the optimisation.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_unet": (VIDEO_UNET, {"tooltip": "The tuned VIDEO_UNET (Video-P2P: inflate with attention "
+                                                   "video-p2p)."}),
+            "latent": ("LATENT", {"tooltip": "Source video latents (frames as batch), from VAE Encode."}),
+            "clip": ("CLIP", {"tooltip": "The checkpoint's CLIP: encodes the source prompt and the empty prompt."}),
+            "source_prompt": ("STRING", {"default": VP2P.source_prompt, "multiline": True,
+                                         "tooltip": "Prompt describing the source video (plain text, at most 75 "
+                                                    "tokens); the edit node reuses it."}),
+            "steps": ("INT", {"default": VP2P.steps, "min": 1, "max": 1000,
+                              "tooltip": "DDIM steps (Video-P2P: 50); the edit samples with the same number."}),
+            "fast": ("BOOLEAN", {"default": False, "tooltip": "Skip the null-text optimisation (Video-P2P --fast): "
+                                                              "quicker, the source is then sampled unguided."}),
+        }}
+
+    def run(self, video_unet, latent, clip, source_prompt, steps, fast):
+        x0 = latent_to_video(latent, video_unet.latent_scale, "latent")
+        cond = clip_prompt(clip, source_prompt, "source_prompt", video_unet)
+        uncond = clip_prompt(clip, "", "empty prompt", video_unet)
+        device = host.torch_device()
+        host.free_accelerator()
+        # A clone: its weights are usable by autograd even where ComfyUI made them under inference mode.
+        fn = video_unet.replace(unet=video_unet.unet.clone(device=device)).model_fn(device)
+        config = NullTextConfig(steps=steps)
+        result = null_text_invert(fn, video_unet.schedule, x0.to(device), cond, uncond, config, fast=fast,
+                                  callback=host.Progress(steps * (1 if fast else 2), "NullTextInvertVideo"))
+        tag = {"uncond": result.uncond.cpu(), "steps": steps, "frames": x0.shape[2], "prompt": source_prompt,
+               "fast": fast, "base_hash": video_unet.base_hash}
+        return (video_to_latent(result.noise, video_unet.latent_scale, **{NULL_TEXT_KEY: tag}),)
+
+
+class VideoP2PEdit:
+    """Sample source and edit side by side from null-text-inverted noise with cross-attention control."""
+
+    CATEGORY = "TuneVideo/video-p2p"
+    FUNCTION = "run"
+    RETURN_TYPES = ("LATENT", "LATENT", "IMAGE")
+    RETURN_NAMES = ("edited", "source", "attention")
+    OUTPUT_TOOLTIPS = ("Edited video latents.", "The source branch: the reconstruction of the input (check the "
+                       "inversion with it).", "Cross-attention of the blend and reweight words over the frames "
+                                              "(rows: words, source then edit; columns: frames).")
+    DESCRIPTION = ("Video-P2P editing: word swap or refinement, reweighting, local blend; the source branch's "
+                   "attention is copied into the edit branch for the first steps.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_unet": (VIDEO_UNET, {"tooltip": "The same VIDEO_UNET the inversion used."}),
+            "inverted": ("LATENT", {"tooltip": "From Null-Text Invert Video."}),
+            "clip": ("CLIP", {"tooltip": "The checkpoint's CLIP: encodes the prompts and finds the words' tokens."}),
+            "edit_prompt": ("STRING", {"default": VP2P.edit_prompt, "multiline": True,
+                                       "tooltip": "The source prompt with words replaced (word swap) or added "
+                                                  "(refine). Plain text, at most 75 tokens."}),
+            "mode": (["refine", "word swap"], {"default": "refine" if not VP2P.word_swap else "word swap",
+                                               "tooltip": "word swap: same number of words, some replaced. refine: "
+                                                          "words added to the source prompt."}),
+            "cross_replace_steps": ("FLOAT", {"default": VP2P.cross_replace_steps, "min": 0.0, "max": 1.0,
+                                              "step": 0.05, "tooltip": "Fraction of steps whose cross-attention "
+                                                                       "comes from the source (Video-P2P: 0.2)."}),
+            "self_replace_steps": ("FLOAT", {"default": VP2P.self_replace_steps, "min": 0.0, "max": 1.0,
+                                             "step": 0.05, "tooltip": "Fraction of steps whose temporal attention "
+                                                                      "comes from the source (Video-P2P: 0.5)."}),
+            "blend_words": ("STRING", {"default": VP2P.blend_words,
+                                       "tooltip": "Local blend: 'source word, edit word' (e.g. 'rabbit, rabbit'); "
+                                                  "outside their attention the source is kept. Empty: off."}),
+            "reweight": ("STRING", {"default": VP2P.reweight,
+                                    "tooltip": "Edit-prompt words and attention multipliers, e.g. 'origami: 2'. "
+                                               "Empty: none."}),
+            "blend_threshold": ("FLOAT", {"default": VP2P.blend_threshold, "min": 0.0, "max": 1.0, "step": 0.01,
+                                          "tooltip": "Local-blend mask threshold (Video-P2P: 0.3)."}),
+            "cfg": ("FLOAT", {"default": VP2P.guidance, "min": 1.0, "max": 30.0, "step": 0.1,
+                              "tooltip": "Guidance scale (Video-P2P: 7.5)."}),
+        }}
+
+    def run(self, video_unet, inverted, clip, edit_prompt, mode, cross_replace_steps, self_replace_steps,
+            blend_words, reweight, blend_threshold, cfg):
+        tag = inverted.get(NULL_TEXT_KEY) if isinstance(inverted, dict) else None
+        if tag is None:
+            raise ValueError("inverted must come from Null-Text Invert Video (it carries the per-step embeddings)")
+        _check_inversion(tag, video_unet)
+        x_t = latent_to_video(inverted, video_unet.latent_scale, "inverted")
+        cond_src = clip_prompt(clip, tag["prompt"], "source prompt", video_unet)
+        cond_edit = clip_prompt(clip, edit_prompt, "edit_prompt", video_unet)
+        uncond = clip_prompt(clip, "", "empty prompt", video_unet)
+        tokenize, decode = clip_tokenizer(clip)
+        control = edit_control(tag["prompt"], edit_prompt, tokenize, decode, word_swap=mode == "word swap",
+                               blend=_pair(blend_words), reweight=_weights(reweight),
+                               cross_replace_steps=cross_replace_steps, self_replace_steps=self_replace_steps,
+                               blend_threshold=blend_threshold)
+        device = host.torch_device()
+        host.free_accelerator()
+        unet = video_unet.unet.clone(device=device)
+        null_text = tag["uncond"] if len(tag["uncond"]) else None
+        out, _, controller = p2p_sample(unet, video_unet.schedule, x_t.to(device), cond_src, cond_edit, uncond,
+                                        control, steps=tag["steps"], guidance=cfg, null_text=null_text,
+                                        fast=tag["fast"], callback=host.Progress(tag["steps"], "VideoP2PEdit"))
+        scale = video_unet.latent_scale
+        edited, source = video_to_latent(out[1:], scale), video_to_latent(out[:1], scale)
+        return edited, source, attention_image(controller, control, x_t.shape[3])
+
+
+def _check_inversion(tag: dict, video_unet) -> None:
+    if tag.get("base_hash") and video_unet.base_hash and tag["base_hash"] != video_unet.base_hash:
+        raise ValueError(f"inverted was made with another model (base {tag['base_hash']}, this VIDEO_UNET is "
+                         f"{video_unet.base_hash}); invert with the model you edit with")
+    tuned = [r.frames for r in video_unet.history]
+    if tuned and tag["frames"] != tuned[-1]:
+        raise ValueError(f"inverted has {tag['frames']} frames but the VIDEO_UNET was tuned on {tuned[-1]}")
+
+
+def _pair(text: str) -> tuple[str, str] | None:
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if not words:
+        return None
+    if len(words) != 2:
+        raise ValueError(f"blend_words {text!r} must be two words, 'source word, edit word'")
+    return words[0], words[1]
+
+
+def _weights(text: str) -> dict[str, float]:
+    out = {}
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        word, sep, value = item.rpartition(":")
+        try:
+            out[word.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not word.strip():
+            raise ValueError(f"reweight entry {item!r} must be 'word: number', e.g. 'origami: 2'")
+    return out
