@@ -160,7 +160,7 @@ def test_nodes_are_registered_with_the_host(host):
     assert info["OneShotTune"]["category"] == "TuneVideo/train"
     assert "man-skiing.mp4" in info["LoadVideoClip"]["input"]["required"]["video"][0]
     templates = _get(f"{url}/workflow_templates")
-    assert "tune_a_video" in templates.get("ComfyUI-TuneVideo", []), templates
+    assert {"tune_a_video", "video_p2p"} <= set(templates.get("ComfyUI-TuneVideo", [])), templates
     extensions = _get(f"{url}/extensions")  # the frontend loads these; ours sets tuning seeds to "fixed"
     assert "/extensions/ComfyUI-TuneVideo/tunevideo.js" in extensions, extensions
 
@@ -260,3 +260,26 @@ def test_interrupt_stops_tuning_and_the_next_queue_runs(host):
     reply = _post(f"{url}/prompt", {"prompt": _shrunk_workflow(steps=2), "client_id": "tunevideo-test"})
     result = _wait(reply["prompt_id"], url, timeout=600)
     assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-3000:]
+
+
+def test_video_p2p_workflow_runs(host):
+    """The shipped Video-P2P API workflow, shrunk: 2 frames at 64x64, 2 tuning steps, 3 DDIM steps."""
+    url, base = host
+    api = json.loads((ROOT / "workflows" / "api" / "video_p2p.json").read_text())
+    by_class = {n["class_type"]: n["inputs"] for n in api.values()}
+    by_class["CheckpointLoaderSimple"]["ckpt_name"] = "tiny-sd15.safetensors"
+    by_class["LoadVideoClip"].update(video="man-skiing.mp4", frame_count=2, width=64, height=64)
+    by_class["OneShotTune"].update(steps=2, learning_rate=1e-3)
+    by_class["NullTextInvertVideo"]["steps"] = 3
+    reply = _post(f"{url}/prompt", {"prompt": api, "client_id": "tunevideo-test"})
+    assert not reply.get("node_errors"), reply
+    result = _wait(reply["prompt_id"], url, timeout=900)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-3000:]
+    outputs = result["outputs"]
+    webp = outputs["10"]["images"][0]
+    assert (base / "output" / webp["subfolder"] / webp["filename"]).stat().st_size > 0
+    assert outputs["14"]["images"] and outputs["15"]["images"]  # source reconstruction, attention view
+    from tunevideo.modules.checkpoint_io import read_delta
+
+    _, meta = read_delta(base / "models" / "tunevideo" / "video_p2p" / "rabbit-jump_00001.safetensors")
+    assert meta["attention"] == "video-p2p"

@@ -126,5 +126,19 @@ def test_tune_a_video_defaults_are_the_papers():
     assert (sample["steps"], sample["cfg"]) == (50, 12.5)
 
 
+def test_video_p2p_defaults_are_the_reference_configs():
+    """configs/rabbit-jump-tune.yaml + rabbit-jump-p2p.yaml and run_videop2p.py's constants."""
+    api = json.loads((ROOT / "workflows" / "api" / "video_p2p.json").read_text())
+    by_class = {n["class_type"]: n["inputs"] for n in api.values()}
+    clip = by_class["LoadVideoClip"]
+    assert (clip["frame_count"], clip["stride"], clip["width"], clip["height"]) == (8, 1, 512, 512)
+    assert by_class["InflateUNetTemporal"]["attention"] == "video-p2p"
+    assert (by_class["OneShotTune"]["steps"], by_class["OneShotTune"]["learning_rate"]) == (500, 3e-5)
+    assert (by_class["NullTextInvertVideo"]["steps"], by_class["NullTextInvertVideo"]["fast"]) == (50, False)
+    edit = by_class["VideoP2PEdit"]
+    assert (edit["mode"], edit["blend_words"], edit["reweight"]) == ("refine", "rabbit, rabbit", "origami: 2")
+    assert (edit["cross_replace_steps"], edit["self_replace_steps"], edit["cfg"]) == (0.2, 0.5, 7.5)
+
+
 def test_only_workflows_at_top_level_are_templates():
     assert [p.name for p in UI] == sorted(p.name for p in (ROOT / "workflows" / "api").glob("*.json"))

@@ -91,6 +91,58 @@ NOTE = ("Tune-A-Video (Wu et al., ICCV 2023). Put man-skiing.mp4 (or any clip) i
         "Prompts of any length work. The tuned weights are saved to models/tunevideo and can be reused with Load "
         "Tuned Video UNet.")
 
+def video_p2p_graph():
+    """Video-P2P with the defaults of its rabbit-jump configs (tune + p2p) and run_videop2p.py's constants."""
+    from tunevideo.modules.defaults import VP2P
+
+    return {
+        1: ("CheckpointLoaderSimple", "Load SD1.5 checkpoint", {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, {}),
+        2: ("LoadVideoClip", "Source video (8 frames, stride 1, 512x512)",
+            {"video": "rabbit-jump.mp4", "start_frame": 0, "frame_count": VP2P.n_sample_frames,
+             "stride": VP2P.sample_frame_rate, "width": VP2P.width, "height": VP2P.height}, {}),
+        3: ("VAEEncode", None, {}, {"pixels": (2, 0), "vae": (1, 2)}),
+        4: ("CLIPTextEncode", "Source prompt (tuning)", {"text": VP2P.source_prompt}, {"clip": (1, 1)}),
+        5: ("InflateUNetTemporal", "Inflate (Video-P2P attention)", {"attention": "video-p2p"}, {"model": (1, 0)}),
+        6: ("OneShotTune", None,
+            {"steps": VP2P.max_train_steps, "learning_rate": VP2P.learning_rate, "seed": 33,
+             "trainable": "tune-a-video-reference", "custom_patterns": "attn1.to_q, attn2.to_q, attn_temp",
+             "batch_size": 1, "gradient_checkpointing": True, "mixed_precision": "auto",
+             "prompt_note": VP2P.source_prompt},
+            {"video_unet": (5, 0), "latent": (3, 0), "positive": (4, 0)}),
+        7: ("NullTextInvertVideo", None, {"source_prompt": VP2P.source_prompt, "steps": VP2P.steps, "fast": False},
+            {"video_unet": (6, 0), "latent": (3, 0), "clip": (1, 1)}),
+        8: ("VideoP2PEdit", None,
+            {"edit_prompt": VP2P.edit_prompt, "mode": "word swap" if VP2P.word_swap else "refine",
+             "cross_replace_steps": VP2P.cross_replace_steps, "self_replace_steps": VP2P.self_replace_steps,
+             "blend_words": VP2P.blend_words, "reweight": VP2P.reweight, "blend_threshold": VP2P.blend_threshold,
+             "cfg": VP2P.guidance},
+            {"video_unet": (6, 0), "inverted": (7, 0), "clip": (1, 1)}),
+        9: ("VAEDecode", "Decode edit", {}, {"samples": (8, 0), "vae": (1, 2)}),
+        10: ("SaveAnimatedWEBP", None, {"filename_prefix": "tunevideo/video_p2p", "fps": 8.0, "lossless": False,
+                                        "quality": 90, "method": "default"}, {"images": (9, 0), "fps": (2, 1)}),
+        11: ("CreateVideo", None, {"fps": 8.0}, {"images": (9, 0), "fps": (2, 1)}),
+        12: ("SaveVideo", None, {"filename_prefix": "tunevideo/video_p2p", "format": "mp4", "codec": "h264"},
+             {"video": (11, 0)}),
+        13: ("VAEDecode", "Decode source reconstruction", {}, {"samples": (8, 1), "vae": (1, 2)}),
+        14: ("PreviewImage", "Source reconstruction (checks the inversion)", {}, {"images": (13, 0)}),
+        15: ("PreviewImage", "Cross-attention of the blend / reweight words", {}, {"images": (8, 2)}),
+        16: ("SaveTunedVideoUNet", None, {"filename_prefix": "video_p2p/rabbit-jump"}, {"video_unet": (6, 0)}),
+        17: ("PreviewImage", "Tuning loss", {}, {"images": (6, 1)}),
+    }
+
+
+VP2P_NOTE = ("Video-P2P (Liu et al., 2023). Put a clip in ComfyUI/input and an SD1.5 checkpoint in "
+             "models/checkpoints; describe the clip in both source prompts and write the edit. Defaults are the "
+             "official rabbit-jump configs: 8 frames at 512x512, 500 tuning steps at lr 3e-5 with Video-P2P's "
+             "first-frame attention, null-text inversion (50 steps, guidance 7.5), refine 'origami' with reweight 2 "
+             "and local blend on 'rabbit', cross-attention replaced for 20% of the steps and temporal attention "
+             "for 50%. Word swap needs prompts with the same number of words. The source reconstruction shows how "
+             "well the inversion worked; the attention view shows where the blend and reweight words act.")
+
+VP2P_POS = {1: (0, 0), 2: (0, 200), 3: (440, 560), 4: (440, 0), 5: (440, 260), 6: (880, 0), 7: (880, 420),
+            8: (1320, 0), 9: (1760, 0), 10: (1760, 120), 11: (1760, 420), 12: (2180, 420), 13: (1760, 560),
+            14: (2180, 560), 15: (1320, 520), 16: (880, 680), 17: (1320, 760)}
+
 # Layout columns for the UI graph.
 POS = {1: (0, 0), 2: (0, 200), 4: (440, 0), 5: (440, 220), 6: (440, 440), 3: (440, 660), 7: (880, 0),
        8: (880, 170), 9: (1320, 0), 10: (1320, 200), 11: (1760, 0), 12: (1760, 150), 13: (1760, 440),
@@ -109,7 +161,7 @@ def api_format(graph):
     return prompt
 
 
-def ui_format(graph, note):
+def ui_format(graph, note, pos=None):
     nodes, links, link_id = [], [], 0
     out_links = {}
     for nid, (cls, _, _, inputs) in graph.items():
@@ -143,7 +195,8 @@ def ui_format(graph, note):
             widgets_values.append(values.get(name, 12.0 if name == "fps" else None))
             if name in SEED_NAMES:
                 widgets_values.append("fixed")
-        node = {"id": nid, "type": cls, "pos": list(POS.get(nid, (0, 0))), "size": [380, 120 + 26 * len(widgets)],
+        node = {"id": nid, "type": cls, "pos": list((pos or POS).get(nid, (0, 0))),
+                "size": [380, 120 + 26 * len(widgets)],
                 "flags": {}, "order": order, "mode": 0, "inputs": ui_inputs,
                 "outputs": [{"name": n, "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
                             for i, (n, t) in enumerate(outs)],
@@ -158,14 +211,14 @@ def ui_format(graph, note):
             "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [40, 40]}}, "version": 0.4}
 
 
-def write(name, graph, note):
+def write(name, graph, note, pos=None):
     (ROOT / "workflows" / "api").mkdir(parents=True, exist_ok=True)
-    (ROOT / "workflows" / f"{name}.json").write_text(json.dumps(ui_format(graph, note), indent=1) + "\n")
+    (ROOT / "workflows" / f"{name}.json").write_text(json.dumps(ui_format(graph, note, pos), indent=1) + "\n")
     (ROOT / "workflows" / "api" / f"{name}.json").write_text(json.dumps(api_format(graph), indent=1) + "\n")
 
 
-WORKFLOWS = {"tune_a_video": (tune_a_video_graph, NOTE)}
+WORKFLOWS = {"tune_a_video": (tune_a_video_graph, NOTE, POS), "video_p2p": (video_p2p_graph, VP2P_NOTE, VP2P_POS)}
 
 if __name__ == "__main__":
-    for wf_name, (make, text) in WORKFLOWS.items():
-        write(wf_name, make(), text)
+    for wf_name, (make, text, layout) in WORKFLOWS.items():
+        write(wf_name, make(), text, layout)
