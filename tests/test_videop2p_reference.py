@@ -56,3 +56,25 @@ def test_null_text_inversion_equals_reference(p2p_unet):
         assert (result.path - ref["ddim_latents"]).abs().max() <= 5e-5
         diff = (result.uncond - ref[f"{prefix}uncond_embeddings"][:, 0]).abs()
         assert diff.mean() <= 1e-4 and diff.max() <= 1e-2, (prefix, float(diff.mean()), float(diff.max()))
+
+
+def test_video_p2p_edit_equals_reference():
+    """Word swap + reweight + local blend (partial masks), 10 steps, 2 frames of 64x64 latents, per-step null-text
+    embeddings on the source branch: final latents of both branches and every local-blend mask of the official
+    pipeline (fixture case e; its token mapper, reweighting and blend tokens are the reference's own)."""
+    from tunevideo.modules.video_p2p import EditControl, p2p_sample
+
+    config = json.loads((FIXTURES / "tav_reference" / "sd1_tiny.config.json").read_text())
+    config["attention_head_dim"] = 8  # the reference's LocalBlend assumes 8 heads
+    data = load_file(FIXTURES / "tav_reference" / "sd1_tiny.safetensors")
+    unet = inflate_unet(UNet2DConditionModel(**config).eval(), attention="video-p2p")
+    unet.load_state_dict({k.removeprefix("unet."): v.float() for k, v in data.items() if k.startswith("unet.")})
+    ref = load_file(REF / "p2p_edit.safetensors")
+    blend = ref["e_blend_alpha_layers"].float()
+    control = EditControl(word_swap=True, mapper=ref["e_mapper"].float(), reweight=ref["e_equalizer"].float(),
+                          blend_src=blend[0], blend_edit=blend[1], cross_replace_steps=0.4, self_replace_steps=0.5,
+                          blend_threshold=0.8)
+    out, masks, _ = p2p_sample(unet, NoiseSchedule.scaled_linear(), ref["x_T"], ref["cond_src"], ref["cond_edit"],
+                               ref["uncond"], control, steps=10, null_text=ref["null_uncond"][:, 0])
+    assert (out - ref["e_latents"]).abs().max() <= 1e-3
+    assert torch.equal(torch.stack(masks), ref["e_blend_masks"])
