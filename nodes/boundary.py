@@ -143,6 +143,14 @@ def model_parts(model) -> tuple[dict, dict, NoiseSchedule, float]:
     return inner.diffusion_model.state_dict(), unet_config, schedule, scale
 
 
+def check_tuned_frames(frames: int, video_unet, what: str) -> None:
+    """Inverted noise must have the frame count the VIDEO_UNET was last tuned on (its attention saw that clip)."""
+    tuned = [r.frames for r in video_unet.history]
+    if tuned and frames != tuned[-1]:
+        raise ValueError(f"{what} has {frames} frames but the VIDEO_UNET was tuned on {tuned[-1]} frames; invert "
+                         f"the same clip you tuned on (same frame_count/stride)")
+
+
 def clip_tokenizer(clip):
     """``(tokenize(text) -> ids with start/end, decode(id) -> text)`` from a ComfyUI CLIP's own BPE tokenizer (the
     checkpoint's; nothing is downloaded)."""

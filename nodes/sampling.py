@@ -9,7 +9,14 @@ import torch
 from ..modules.ddim import ddim_invert, sample
 from ..modules.defaults import TAV
 from . import host
-from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_entries, latent_to_video, video_to_latent
+from .boundary import (
+    INVERTED_KEY,
+    VIDEO_UNET,
+    check_tuned_frames,
+    conditioning_entries,
+    latent_to_video,
+    video_to_latent,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +104,7 @@ class SampleVideo:
 
 
 def _check_inverted(tag: dict, video_unet, steps: int) -> None:
-    tuned = [r.frames for r in video_unet.history]
-    if tuned and tag.get("frames") != tuned[-1]:
-        raise ValueError(f"latent: inverted noise has {tag.get('frames')} frames but the VIDEO_UNET was tuned on "
-                         f"{tuned[-1]} frames; invert the same clip you tuned on (same frame_count/stride)")
+    check_tuned_frames(tag.get("frames"), video_unet, "latent: inverted noise")
     if tag.get("steps") != steps:
         logger.warning("SampleVideo: noise was inverted with %s steps but sampling uses %d; the start noise level "
                        "differs slightly", tag.get("steps"), steps)

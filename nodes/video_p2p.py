@@ -6,7 +6,7 @@ from ..modules.defaults import VP2P
 from ..modules.null_text import NullTextConfig, null_text_invert
 from ..modules.video_p2p import attention_image, edit_control, p2p_sample
 from . import host
-from .boundary import VIDEO_UNET, clip_prompt, clip_tokenizer, latent_to_video, video_to_latent
+from .boundary import VIDEO_UNET, check_tuned_frames, clip_prompt, clip_tokenizer, latent_to_video, video_to_latent
 
 NULL_TEXT_KEY = "tunevideo_null_text"
 
@@ -129,9 +129,7 @@ def _check_inversion(tag: dict, video_unet) -> None:
     if tag.get("base_hash") and video_unet.base_hash and tag["base_hash"] != video_unet.base_hash:
         raise ValueError(f"inverted was made with another model (base {tag['base_hash']}, this VIDEO_UNET is "
                          f"{video_unet.base_hash}); invert with the model you edit with")
-    tuned = [r.frames for r in video_unet.history]
-    if tuned and tag["frames"] != tuned[-1]:
-        raise ValueError(f"inverted has {tag['frames']} frames but the VIDEO_UNET was tuned on {tuned[-1]}")
+    check_tuned_frames(tag["frames"], video_unet, "inverted")
 
 
 def _pair(text: str) -> tuple[str, str] | None:
