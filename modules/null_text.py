@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .conditioning import ModelFn, combined_outputs
+from .conditioning import ModelFn
+from .ddim import guided_output
 from .schedule import NoiseSchedule, ddim_move
 
 Callback = Callable[[int, int, dict], None]
@@ -79,10 +80,8 @@ def ddim_path(model: ModelFn, schedule: NoiseSchedule, latents: torch.Tensor, co
 
 
 def _guided_step(model, schedule, z, t, t_to, u, cond, w):
-    tt = torch.tensor([t], device=z.device)
-    out_u = model(z, tt, u).float()
-    out_c = model(z, tt, cond).float()
-    out = out_u + w * (out_c - out_u)
+    """One DDIM step from ``t`` to ``t_to`` with classifier-free guidance ``w`` (one batched call)."""
+    out = guided_output(model, z, t, cond, u, w)
     return ddim_move(schedule, z, schedule.to_eps(z, out, t), t, t_to)
 
 
@@ -111,10 +110,7 @@ def null_text_invert(model: ModelFn, schedule: NoiseSchedule, latents: torch.Ten
             embeddings.append(u[0])
             losses.append(loss)
             with torch.no_grad():
-                tt = torch.tensor([t], device=z.device)
-                out_u, out_c = combined_outputs(model, z, tt, [[(u, 1.0)], [(cond, 1.0)]])
-                out = out_u + config.guidance * (out_c - out_u)
-                z = ddim_move(schedule, z, schedule.to_eps(z, out, t), t, t_to)
+                z = _guided_step(model, schedule, z, t, t_to, u, cond, config.guidance)
             if callback is not None:
                 callback(config.steps + i + 1, total, {"timestep": t, "phase": "null-text", "loss": loss})
     return NullTextResult(path[-1], torch.stack(embeddings), torch.stack(path), tuple(losses))
