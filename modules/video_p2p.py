@@ -65,7 +65,6 @@ class EditControl:
 @dataclass
 class _State:
     step: int = 0
-    steps: int = 50
     store: dict[str, torch.Tensor] = field(default_factory=dict)  # blend-layer cross maps, summed over steps
 
 
@@ -74,7 +73,7 @@ class AttentionController:
 
     def __init__(self, control: EditControl, steps: int):
         self.control = control
-        self.state = _State(steps=steps)
+        self.state = _State()
         self.cross_until = int(control.cross_replace_steps * (steps + 1))
         self.self_until = int(control.self_replace_steps * steps)
         self.blend_from = int(control.start_blend * steps)
