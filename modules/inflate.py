@@ -213,6 +213,10 @@ class VideoUNet(nn.Module):
         """The tensors inflation added (``attn_temp``, ``norm_temp``), by state-dict name."""
         return {k: p for k, p in self.named_parameters() if TEMPORAL_MARKER in k}
 
+    def added_parameters(self) -> dict[str, nn.Parameter]:
+        """Tensors a tuned-weights delta carries besides the tuned ones: everything inflation added."""
+        return self.temporal_parameters()
+
     def clone(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> VideoUNet:
         """A new VideoUNet over the same weights, optionally on another device/dtype.
 
@@ -224,7 +228,7 @@ class VideoUNet(nn.Module):
         core = share_clone(self._core)
         context = FrameContext()
         with torch.inference_mode(False):
-            self._retarget(core, context, device, dtype)
+            retarget(core, device, dtype, context)
         video = VideoUNet(core, context, self.attention)
         video.train(self.training)
         return video
@@ -239,19 +243,22 @@ class VideoUNet(nn.Module):
         video.attention = attention
         return video
 
-    @staticmethod
-    def _retarget(core: nn.Module, context: FrameContext, device, dtype) -> None:
-        for m in core.modules():
-            if isinstance(getattr(m, "context", None), FrameContext):
-                m.context = context
-            if isinstance(m, Attention):
-                m.set_processor(copy.copy(m.processor))
-            for name, p in m._parameters.items():
-                if p is not None:
-                    m._parameters[name] = nn.Parameter(_placed(p, device, dtype), requires_grad=False)
-            for name, b in m._buffers.items():
-                if b is not None:
-                    m._buffers[name] = _placed(b, device, None)
+
+def retarget(core: nn.Module, device=None, dtype=None, context: FrameContext | None = None) -> None:
+    """Give every parameter and buffer of ``core`` (a :func:`share_clone` copy) a new ``Parameter``/tensor, on
+    ``device``/``dtype`` where given (storage shared otherwise), and every attention module its own processor
+    object; layers that read a :class:`FrameContext` get ``context``. Shared by every video UNet's ``clone``."""
+    for m in core.modules():
+        if context is not None and isinstance(getattr(m, "context", None), FrameContext):
+            m.context = context
+        if isinstance(m, Attention):
+            m.set_processor(copy.copy(m.processor))
+        for name, p in m._parameters.items():
+            if p is not None:
+                m._parameters[name] = nn.Parameter(_placed(p, device, dtype), requires_grad=False)
+        for name, b in m._buffers.items():
+            if b is not None:
+                m._buffers[name] = _placed(b, device, None)
 
 
 def _placed(t: torch.Tensor, device, dtype) -> torch.Tensor:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .animatediff import build_motion_unet
 from .checkpoint_io import base_identity
 from .convert import unet_from_ldm
 from .defaults import SD_LATENT_SCALE
@@ -30,6 +31,16 @@ def video_model_from_ldm(state_dict: Mapping[str, torch.Tensor], unet_config: Ma
     unet2d = unet_from_ldm(state_dict, unet_config, dtype=dtype)
     return VideoModel(unet=inflate_unet(unet2d, attention=attention), schedule=schedule, latent_scale=latent_scale,
                       **base_identity(state_dict))
+
+
+def video_model_with_motion(state_dict: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any],
+                            schedule: NoiseSchedule, motion_module: Mapping[str, torch.Tensor], name: str,
+                            latent_scale: float = SD_LATENT_SCALE, dtype: torch.dtype | None = None) -> VideoModel:
+    """LDM UNet weights + an original-layout AnimateDiff motion module -> :class:`VideoModel` on the AnimateDiff base
+    (:class:`~.animatediff.MotionUNet`; 2D tensors are ``state_dict``'s, no copy unless ``dtype`` differs)."""
+    unet2d = unet_from_ldm(state_dict, unet_config, dtype=dtype)
+    return VideoModel(unet=build_motion_unet(unet2d, motion_module, name), schedule=schedule,
+                      latent_scale=latent_scale, **base_identity(state_dict))
 
 
 def video_model_from_checkpoint(components) -> VideoModel:

@@ -18,6 +18,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from .animatediff import ADAPTER_CONFIGS, to_original
 from .atomic import atomic_write
 from .checkpoint_io import unet_hash
 from .convert import LDM_UNET_PREFIX, diffusers_config_from_unet_config, unet_to_ldm
@@ -80,6 +81,24 @@ def tiny_modules(seed: int = 0) -> tuple[UNet2DConditionModel, AutoencoderKL, CL
         for m in (unet, vae, text):
             perturb_norms(m)
     return unet.eval(), vae.eval(), text.eval()
+
+
+def tiny_motion_module(version: str = "v2", seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random AnimateDiff motion module (``version`` v1/v2/v3) for the tiny UNet, in the original key layout of the
+    published files. Every weight is random (the published init zeroes ``proj_out``, which would hide the module).
+    The global RNG state is left untouched."""
+    from diffusers import MotionAdapter
+
+    cfg = diffusers_config_from_unet_config(TINY_UNET_CONFIG)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapter = MotionAdapter(block_out_channels=tuple(cfg["block_out_channels"]),
+                                motion_layers_per_block=cfg["layers_per_block"], **ADAPTER_CONFIGS[version])
+        with torch.no_grad():
+            for name, p in adapter.named_parameters():
+                p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name and name.endswith("weight")
+                        else 0.2 * torch.randn_like(p) / max(1, p.shape[-1]) ** 0.5)
+    return {k: v.contiguous() for k, v in to_original(adapter.state_dict()).items()}
 
 
 def write_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, overwrite: bool = False) -> dict[str, str]:

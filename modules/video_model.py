@@ -74,8 +74,9 @@ class VideoModel:
         return self.replace(unet=unet, tuned_names=self.tuned_names | frozenset(tensors), **changes)
 
     def delta_names(self) -> list[str]:
-        """Names saved in a delta checkpoint: every added temporal tensor and every tuned tensor."""
-        return sorted(set(self.unet.temporal_parameters()) | set(self.tuned_names))
+        """Names saved in a delta checkpoint: every tensor the base model lacks (inflation's temporal layers) and every
+        tuned tensor."""
+        return sorted(set(self.unet.added_parameters()) | set(self.tuned_names))
 
     def model_fn(self, device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None):
         """``fn(x [b,c,f,h,w] fp32, t, context) -> out fp32`` running the UNet in its dtype on ``device``."""

@@ -1,6 +1,7 @@
 """ComfyUI node faces of the TuneVideo engine."""
 
 from . import host
+from .animatediff import AnimateDiffVideoUNet
 from .inflate import InflateUNetTemporal
 from .sampling import DDIMInvertVideo, SampleVideo
 from .tune import OneShotTune
@@ -20,6 +21,7 @@ NODE_CLASS_MAPPINGS = {
     "LoadVideoClip": LoadVideoClip,
     "NullTextInvertVideo": NullTextInvertVideo,
     "VideoP2PEdit": VideoP2PEdit,
+    "AnimateDiffVideoUNet": AnimateDiffVideoUNet,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -32,4 +34,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadVideoClip": "Load Video Clip (TuneVideo)",
     "NullTextInvertVideo": "Null-Text Invert Video (Video-P2P)",
     "VideoP2PEdit": "Video-P2P Edit",
+    "AnimateDiffVideoUNet": "AnimateDiff Video UNet (motion module)",
 }

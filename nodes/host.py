@@ -18,7 +18,18 @@ except ImportError:  # tests and headless use
     _mm = _cu = _fp = None
 
 MODEL_FOLDER = "tunevideo"
-_EXTENSIONS = {".safetensors"}
+MOTION_MODULE_FOLDER = "animatediff_models"  # AnimateDiff-Evolved's folder name: its files show in our lists too
+MOTION_LORA_FOLDER = "animatediff_motion_lora"  # AnimateDiff-Evolved's motion-LoRA folder
+LORA_FOLDER = "loras"  # ComfyUI core's LoraLoader folder
+_PICKLED = {".ckpt", ".pt", ".pth"}  # read only with torch.load(weights_only=True)
+#: folder name -> (extensions, extra sub-folder of models/tunevideo searched too)
+FOLDERS = {
+    MODEL_FOLDER: ({".safetensors"}, None),
+    MOTION_MODULE_FOLDER: ({".safetensors"} | _PICKLED, "motion_modules"),
+    MOTION_LORA_FOLDER: ({".safetensors"}, None),
+    LORA_FOLDER: ({".safetensors"}, None),
+}
+_EXTENSIONS = FOLDERS[MODEL_FOLDER][0]
 
 
 def has_host() -> bool:
@@ -30,46 +41,51 @@ def _fallback_root() -> Path:
 
 
 def register_model_folder() -> None:
-    """Register ``models/tunevideo`` with ComfyUI's ``folder_paths`` (idempotent)."""
+    """Register the pack's model folders with ComfyUI's ``folder_paths`` (idempotent): ``models/tunevideo``, and
+    ``models/animatediff_models`` (+ ``models/tunevideo/motion_modules``) and ``models/animatediff_motion_lora``
+    where AnimateDiff-Evolved has not registered them already (their paths are then extended, never replaced)."""
     if _fp is None:
         return
-    path = os.path.join(_fp.models_dir, MODEL_FOLDER)
-    if MODEL_FOLDER in _fp.folder_names_and_paths:
-        paths, exts = _fp.folder_names_and_paths[MODEL_FOLDER]
-        if path not in paths:
-            paths.append(path)
-        _fp.folder_names_and_paths[MODEL_FOLDER] = (paths, set(exts) | _EXTENSIONS)
-    else:
-        _fp.folder_names_and_paths[MODEL_FOLDER] = ([path], set(_EXTENSIONS))
+    for folder, (exts, extra) in FOLDERS.items():
+        paths = [os.path.join(_fp.models_dir, folder)]
+        if extra:
+            paths.append(os.path.join(_fp.models_dir, MODEL_FOLDER, extra))
+        if folder in _fp.folder_names_and_paths:
+            old, old_exts = _fp.folder_names_and_paths[folder]
+            old = list(old)
+            _fp.folder_names_and_paths[folder] = (old + [p for p in paths if p not in old], set(old_exts) | exts)
+        else:
+            _fp.folder_names_and_paths[folder] = (paths, set(exts))
 
 
-def model_dir() -> Path:
-    """Where tuned deltas are written: the first registered ``tunevideo`` folder."""
+def model_dir(folder: str = MODEL_FOLDER) -> Path:
+    """Where files of ``folder`` are written: its first registered path."""
     if _fp is None:
-        return _fallback_root() / "models" / MODEL_FOLDER
+        return _fallback_root() / "models" / folder
     register_model_folder()
-    return Path(_fp.get_folder_paths(MODEL_FOLDER)[0])
+    return Path(_fp.get_folder_paths(folder)[0])
 
 
-def list_models() -> list[str]:
+def list_models(folder: str = MODEL_FOLDER) -> list[str]:
     if _fp is None:
-        root = model_dir()
-        return sorted(str(p.relative_to(root)) for p in root.rglob("*.safetensors")) if root.exists() else []
+        root = model_dir(folder)
+        exts = FOLDERS.get(folder, (_EXTENSIONS, None))[0]
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix in exts) if root.exists() else []
     register_model_folder()
-    return _fp.get_filename_list(MODEL_FOLDER)
+    return _fp.get_filename_list(folder)
 
 
-def model_path(name: str) -> Path:
+def model_path(name: str, folder: str = MODEL_FOLDER) -> Path:
     """Full path of a file listed by :func:`list_models`; FileNotFoundError naming it otherwise."""
     if _fp is not None:
-        full = _fp.get_full_path(MODEL_FOLDER, name)
+        full = _fp.get_full_path(folder, name)
         if full:
             return Path(full)
     else:
-        full = model_dir() / name
+        full = model_dir(folder) / name
         if full.is_file():
             return full
-    raise FileNotFoundError(f"tuned weights {name!r} not found in models/{MODEL_FOLDER}")
+    raise FileNotFoundError(f"{name!r} not found in models/{folder}")
 
 
 def input_dir() -> Path:

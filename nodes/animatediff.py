@@ -1,0 +1,43 @@
+"""AnimateDiffVideoUNet: ComfyUI MODEL + AnimateDiff motion module -> VIDEO_UNET (the AnimateDiff video base)."""
+
+from __future__ import annotations
+
+from ..modules.animatediff import read_motion_module
+from ..modules.pipeline import video_model_with_motion
+from . import host
+from .boundary import VIDEO_UNET, compute_dtype, model_parts
+
+
+class AnimateDiffVideoUNet:
+    """Combine an SD1.5 MODEL with an AnimateDiff motion module into a video UNet every TuneVideo node accepts."""
+
+    CATEGORY = "TuneVideo/model"
+    FUNCTION = "build"
+    RETURN_TYPES = (VIDEO_UNET,)
+    RETURN_NAMES = ("video_unet",)
+    OUTPUT_TOOLTIPS = ("The AnimateDiff video UNet (motion module + the MODEL's 2D weights, shared) with the MODEL's "
+                       "noise schedule and latent scale.",)
+    DESCRIPTION = ("AnimateDiff base (Guo et al. 2023): the MODEL's image UNet with a motion module after every "
+                   "block. Takes SD1.5 modules v1, v2 and v3 (mm_sd_v15_v2.ckpt, v3_sd15_mm.ckpt, ...) from "
+                   "models/animatediff_models (shared with AnimateDiff-Evolved) or models/tunevideo/motion_modules. "
+                   ".ckpt files are read as plain weights only (torch.load weights_only).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "An SD1.5 model (e.g. from Load Checkpoint). LoRAs applied to it are "
+                                           "baked in."}),
+            "motion_module": (host.list_models(host.MOTION_MODULE_FOLDER),
+                              {"tooltip": "AnimateDiff SD1.5 motion module (v1/v2/v3), .safetensors or .ckpt."}),
+        }}
+
+    def build(self, model, motion_module):
+        host.apply_patches(model)
+        state_dict, unet_config, schedule, scale = model_parts(model)
+        motion = read_motion_module(host.model_path(motion_module, host.MOTION_MODULE_FOLDER))
+        video = video_model_with_motion(state_dict, unet_config, schedule, motion, motion_module, scale,
+                                        dtype=compute_dtype(state_dict, model.model))
+        parked = host.offload_device()
+        if any(p.device != parked for p in video.unet.parameters()):  # (partly) on the GPU: park our copy
+            video = video.replace(unet=video.unet.clone(device=parked))
+        return (video,)
