@@ -83,13 +83,14 @@ def tiny_modules(seed: int = 0) -> tuple[UNet2DConditionModel, AutoencoderKL, CL
     return unet.eval(), vae.eval(), text.eval()
 
 
-def tiny_motion_module(version: str = "v2", seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random AnimateDiff motion module (``version`` v1/v2/v3) for the tiny UNet, in the original key layout of the
-    published files. Every weight is random (the published init zeroes ``proj_out``, which would hide the module).
-    The global RNG state is left untouched."""
+def tiny_motion_module(version: str = "v2", seed: int = 0,
+                       unet_config: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """A random AnimateDiff motion module (``version`` v1/v2/v3) for the tiny UNet (or ``unet_config``'s), in the
+    original key layout of the published files. Every weight is random (the published init zeroes ``proj_out``, which
+    would hide the module). The global RNG state is left untouched."""
     from diffusers import MotionAdapter
 
-    cfg = diffusers_config_from_unet_config(TINY_UNET_CONFIG)
+    cfg = diffusers_config_from_unet_config(unet_config or TINY_UNET_CONFIG)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         adapter = MotionAdapter(block_out_channels=tuple(cfg["block_out_channels"]),

@@ -3,6 +3,13 @@
 from . import host
 from .animatediff import AnimateDiffVideoUNet
 from .inflate import InflateUNetTemporal
+from .motion_director import (
+    ApplyVideoLoRA,
+    LoadVideoLoRA,
+    MotionNoisePrior,
+    SaveVideoLoRA,
+    SpatialTemporalLoRATrain,
+)
 from .sampling import DDIMInvertVideo, SampleVideo
 from .tune import OneShotTune
 from .video import LoadVideoClip
@@ -22,6 +29,11 @@ NODE_CLASS_MAPPINGS = {
     "NullTextInvertVideo": NullTextInvertVideo,
     "VideoP2PEdit": VideoP2PEdit,
     "AnimateDiffVideoUNet": AnimateDiffVideoUNet,
+    "SpatialTemporalLoRATrain": SpatialTemporalLoRATrain,
+    "SaveVideoLoRA": SaveVideoLoRA,
+    "LoadVideoLoRA": LoadVideoLoRA,
+    "ApplyVideoLoRA": ApplyVideoLoRA,
+    "MotionNoisePrior": MotionNoisePrior,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -35,4 +47,9 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "NullTextInvertVideo": "Null-Text Invert Video (Video-P2P)",
     "VideoP2PEdit": "Video-P2P Edit",
     "AnimateDiffVideoUNet": "AnimateDiff Video UNet (motion module)",
+    "SpatialTemporalLoRATrain": "Spatial-Temporal LoRA Train (MotionDirector)",
+    "SaveVideoLoRA": "Save Video LoRA (motion / spatial)",
+    "LoadVideoLoRA": "Load Video LoRA (motion / spatial)",
+    "ApplyVideoLoRA": "Apply Video LoRA",
+    "MotionNoisePrior": "Motion Noise Prior (MotionDirector)",
 }

@@ -27,9 +27,13 @@ CORE = {
     "SaveVideo": ({"video": ("VIDEO",), "filename_prefix": ("STRING",), "format": (["auto", "mp4"],),
                    "codec": (["auto", "h264"],)}, {}, []),
     "PreviewImage": ({"images": ("IMAGE",)}, {}, []),
+    "LatentBatch": ({"samples1": ("LATENT",), "samples2": ("LATENT",)}, {}, ["LATENT"]),
+    "EmptyLatentImage": ({"width": ("INT", {"min": 16, "max": 16384}), "height": ("INT", {"min": 16, "max": 16384}),
+                          "batch_size": ("INT", {"min": 1, "max": 4096})}, {}, ["LATENT"]),
 }
 DYNAMIC_COMBOS = {("LoadVideoClip", "video"), ("LoadTunedVideoUNet", "weights"),
-                  ("CheckpointLoaderSimple", "ckpt_name")}
+                  ("CheckpointLoaderSimple", "ckpt_name"), ("AnimateDiffVideoUNet", "motion_module"),
+                  ("LoadVideoLoRA", "lora_name")}
 
 
 def node_def(cls):

@@ -25,6 +25,8 @@ CORE = {
     "CreateVideo": ([("fps", "FLOAT")], [("images", "IMAGE")], [("VIDEO", "VIDEO")]),
     "SaveVideo": ([("filename_prefix", "STRING"), ("format", "COMBO"), ("codec", "COMBO")], [("video", "VIDEO")], []),
     "PreviewImage": ([], [("images", "IMAGE")], []),
+    "LatentBatch": ([], [("samples1", "LATENT"), ("samples2", "LATENT")], [("LATENT", "LATENT")]),
+    "EmptyLatentImage": ([("width", "INT"), ("height", "INT"), ("batch_size", "INT")], [], [("LATENT", "LATENT")]),
 }
 SEED_NAMES = {"seed", "noise_seed"}
 UPLOAD_KEYS = ("image_upload", "video_upload")  # the frontend adds an "upload" widget, serialised last as "image"
@@ -217,7 +219,118 @@ def write(name, graph, note, pos=None):
     (ROOT / "workflows" / "api" / f"{name}.json").write_text(json.dumps(api_format(graph), indent=1) + "\n")
 
 
-WORKFLOWS = {"tune_a_video": (tune_a_video_graph, NOTE, POS), "video_p2p": (video_p2p_graph, VP2P_NOTE, VP2P_POS)}
+def _md_train(steps, frames_per_video, spatial_strength, note, links):
+    return ("SpatialTemporalLoRATrain", None,
+            {"frames_per_video": frames_per_video, "steps": steps, "rank": 32, "lr_spatial": 5e-4, "lr_temporal": 5e-4,
+             "seed": 0, "paths": "spatial+temporal", "gradient_checkpointing": True, "mixed_precision": "auto",
+             "output_spatial_strength": spatial_strength, "prompt_note": note}, links)
+
+
+def _md_tail(first, sampler_links, prefix):
+    """Sample -> decode -> save, node ids from ``first``."""
+    a, b, c, d, e = range(first, first + 5)
+    return {
+        a: ("SampleVideo", None, {"steps": 30, "cfg": 12.0, "eta": 0.0, "seed": 0}, sampler_links),
+        b: ("VAEDecode", None, {}, {"samples": (a, 0), "vae": (1, 2)}),
+        c: ("SaveAnimatedWEBP", None, {"filename_prefix": f"tunevideo/{prefix}", "fps": 8.0, "lossless": False,
+                                       "quality": 90, "method": "default"}, {"images": (b, 0)}),
+        d: ("CreateVideo", None, {"fps": 8.0}, {"images": (b, 0)}),
+        e: ("SaveVideo", None, {"filename_prefix": f"tunevideo/{prefix}", "format": "mp4", "codec": "h264"},
+            {"video": (d, 0)}),
+    }
+
+
+def motion_director_graph():
+    """MotionDirector on one video (configs/config_single_video.yaml + MotionDirector_inference.py), AnimateDiff."""
+    prompt = "A person is skiing"
+    graph = {
+        1: ("CheckpointLoaderSimple", "Load SD1.5 checkpoint", {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, {}),
+        2: ("LoadVideoClip", "Reference video (16 frames, 384x384)",
+            {"video": "man-skiing.mp4", "start_frame": 0, "frame_count": 16, "stride": 1, "width": 384,
+             "height": 384}, {}),
+        3: ("VAEEncode", None, {}, {"pixels": (2, 0), "vae": (1, 2)}),
+        4: ("CLIPTextEncode", "Reference prompt", {"text": prompt}, {"clip": (1, 1)}),
+        5: ("CLIPTextEncode", "Empty prompt (inversion + negative)", {"text": ""}, {"clip": (1, 1)}),
+        6: ("CLIPTextEncode", "New prompt (same motion, new subject)", {"text": "A panda is skiing on the snow"},
+            {"clip": (1, 1)}),
+        7: ("AnimateDiffVideoUNet", None, {"motion_module": "mm_sd_v15_v2.ckpt"}, {"model": (1, 0)}),
+        8: _md_train(150, 0, 0.0, prompt, {"video_unet": (7, 0), "latent": (3, 0), "positive": (4, 0)}),
+        9: ("SaveVideoLoRA", "Save motion LoRA (animatediff_motion_lora)", {"filename_prefix": "motion_director/ski"},
+            {"lora": (8, 1)}),
+        10: ("SaveVideoLoRA", "Save spatial LoRA (loras)", {"filename_prefix": "motion_director/ski"},
+             {"lora": (8, 2)}),
+        11: ("PreviewImage", "Spatial loss", {}, {"images": (8, 3)}),
+        12: ("PreviewImage", "Temporal loss", {}, {"images": (8, 4)}),
+        13: ("DDIMInvertVideo", "Invert the reference (base model, empty prompt)", {"steps": 50},
+             {"video_unet": (7, 0), "latent": (3, 0), "conditioning": (5, 0)}),
+        14: ("MotionNoisePrior", None, {"noise_prior": 0.5, "seed": 0}, {"noise": (13, 0)}),
+    }
+    graph.update(_md_tail(15, {"video_unet": (8, 0), "positive": (6, 0), "negative": (5, 0), "latent": (14, 0)},
+                          "motion_director"))
+    return graph
+
+
+MD_NOTE = ("MotionDirector (Zhao et al., 2023) on AnimateDiff. Put an SD1.5 checkpoint in models/checkpoints, an "
+           "AnimateDiff SD1.5 motion module (e.g. mm_sd_v15_v2.ckpt) in models/animatediff_models and the reference "
+           "clip in ComfyUI/input. Training learns the clip's motion as a temporal LoRA while a spatial LoRA absorbs "
+           "its look (defaults of config_single_video.yaml: 16 frames at 384x384, 150 steps, rank 32, lr 5e-4). The "
+           "edit samples the new prompt with the motion only (spatial strength 0), starting from the inverted "
+           "reference mixed with fresh noise (noise prior 0.5), 30 DDIM steps, cfg 12 (MotionDirector_inference.py). "
+           "The motion LoRA is saved to models/animatediff_motion_lora, where AnimateDiff-Evolved's Load AnimateDiff "
+           "LoRA finds it; the spatial LoRA to models/loras (core Load LoRA).")
+
+MD_POS = {1: (0, 0), 2: (0, 200), 3: (440, 560), 4: (440, 0), 5: (440, 200), 6: (440, 400), 7: (440, 700),
+          8: (880, 0), 9: (1320, 560), 10: (1320, 680), 11: (1320, 800), 12: (1760, 800), 13: (880, 560),
+          14: (1320, 420), 15: (1320, 0), 16: (1760, 0), 17: (1760, 120), 18: (1760, 440), 19: (2180, 440)}
+
+
+def motion_director_multi_graph():
+    """MotionDirector on several videos of one motion (configs/config_multi_videos.yaml), AnimateDiff."""
+    prompt = "A person is riding a bicycle"
+    graph = {
+        1: ("CheckpointLoaderSimple", "Load SD1.5 checkpoint", {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, {}),
+        2: ("LoadVideoClip", "Reference video 1 (16 frames, 384x384)",
+            {"video": "cycling-1.mp4", "start_frame": 0, "frame_count": 16, "stride": 4, "width": 384,
+             "height": 384}, {}),
+        3: ("LoadVideoClip", "Reference video 2 (16 frames, 384x384)",
+            {"video": "cycling-2.mp4", "start_frame": 0, "frame_count": 16, "stride": 4, "width": 384,
+             "height": 384}, {}),
+        4: ("VAEEncode", None, {}, {"pixels": (2, 0), "vae": (1, 2)}),
+        5: ("VAEEncode", None, {}, {"pixels": (3, 0), "vae": (1, 2)}),
+        6: ("LatentBatch", "Videos one after the other", {}, {"samples1": (4, 0), "samples2": (5, 0)}),
+        7: ("CLIPTextEncode", "Prompt of the reference videos", {"text": prompt}, {"clip": (1, 1)}),
+        8: ("CLIPTextEncode", "Negative prompt", {"text": ""}, {"clip": (1, 1)}),
+        9: ("CLIPTextEncode", "New prompt", {"text": "An astronaut is riding a bicycle on the moon"},
+            {"clip": (1, 1)}),
+        10: ("AnimateDiffVideoUNet", None, {"motion_module": "mm_sd_v15_v2.ckpt"}, {"model": (1, 0)}),
+        11: _md_train(3000, 16, 0.0, prompt, {"video_unet": (10, 0), "latent": (6, 0), "positive": (7, 0)}),
+        12: ("SaveVideoLoRA", "Save motion LoRA (animatediff_motion_lora)",
+             {"filename_prefix": "motion_director/cycling"}, {"lora": (11, 1)}),
+        13: ("SaveVideoLoRA", "Save spatial LoRAs (loras, one per video)",
+             {"filename_prefix": "motion_director/cycling"}, {"lora": (11, 2)}),
+        14: ("PreviewImage", "Temporal loss", {}, {"images": (11, 4)}),
+        15: ("EmptyLatentImage", "Fresh noise: 16 frames at 384x384", {"width": 384, "height": 384,
+                                                                       "batch_size": 16}, {}),
+    }
+    graph.update(_md_tail(16, {"video_unet": (11, 0), "positive": (9, 0), "negative": (8, 0), "latent": (15, 0)},
+                          "motion_director_multi"))
+    return graph
+
+
+MD_MULTI_NOTE = ("MotionDirector on several reference videos of one motion (config_multi_videos.yaml: 16 frames at "
+                 "384x384, 3000 steps, rank 32, lr 5e-4, weight decay 1e-4, one spatial LoRA per video). Every video "
+                 "must give the same frame count (frames_per_video); add more with further Latent Batch nodes. The "
+                 "edit samples the new prompt from fresh noise (noise prior 0, as the multi-video config), motion "
+                 "LoRA only, 30 DDIM steps at cfg 12.")
+
+MD_MULTI_POS = {1: (0, 0), 2: (0, 200), 3: (0, 560), 4: (440, 560), 5: (440, 680), 6: (440, 800), 7: (440, 0),
+                8: (440, 200), 9: (440, 400), 10: (440, 920), 11: (880, 0), 12: (1320, 560), 13: (1320, 680),
+                14: (1320, 800), 15: (880, 560), 16: (1320, 0), 17: (1760, 0), 18: (1760, 120), 19: (1760, 440),
+                20: (2180, 440)}
+
+WORKFLOWS = {"tune_a_video": (tune_a_video_graph, NOTE, POS), "video_p2p": (video_p2p_graph, VP2P_NOTE, VP2P_POS),
+             "motion_director": (motion_director_graph, MD_NOTE, MD_POS),
+             "motion_director_multi": (motion_director_multi_graph, MD_MULTI_NOTE, MD_MULTI_POS)}
 
 if __name__ == "__main__":
     for wf_name, (make, text, layout) in WORKFLOWS.items():

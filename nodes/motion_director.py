@@ -1,0 +1,272 @@
+"""MotionDirector nodes: dual-path LoRA training, LoRA save/load/apply, and the inverted-noise prior."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import torch
+
+from ..modules import lora as L
+from ..modules.atomic import unique_path
+from ..modules.motion_director import PATHS, MotionDirectorConfig, record, train
+from ..modules.plot import loss_curve_image
+from ..modules.tune import PRECISIONS
+from . import host
+from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_tensor, latent_to_video, video_to_latent
+
+logger = logging.getLogger(__name__)
+
+VIDEO_LORA = "VIDEO_LORA"  # one LoRAWeights, or a tuple of them (one spatial LoRA per training video)
+MD = MotionDirectorConfig()
+
+
+def split_clips(latent: dict, frames_per_video: int, scale: float) -> list[torch.Tensor]:
+    """A LATENT holding one clip, or several clips one after the other (``frames_per_video`` each), -> clips."""
+    video = latent_to_video(latent, scale, "latent")
+    total = video.shape[2]
+    if frames_per_video <= 0 or frames_per_video == total:
+        return [video]
+    if total % frames_per_video:
+        raise ValueError(f"latent has {total} frames, not a multiple of frames_per_video={frames_per_video}: batch "
+                         f"the training videos (Latent Batch) with the same frame count each")
+    return list(video.split(frames_per_video, dim=2))
+
+
+def _metadata(video_unet, prompt: str, clips, config: MotionDirectorConfig) -> dict[str, str]:
+    info = getattr(video_unet.unet, "info", None)
+    return {"method": "motion-director", "base_model_hash": video_unet.base_hash,
+            "motion_module": getattr(info, "name", ""), "motion_module_hash": getattr(info, "hash", ""),
+            "frames": str(clips[0].shape[2]), "videos": str(len(clips)),
+            "height": str(clips[0].shape[3] * 8), "width": str(clips[0].shape[4] * 8),
+            "prompts": L.metadata_json([prompt] * len(clips)), "steps": str(config.steps), "seed": str(config.seed),
+            "paths": config.paths}
+
+
+class SpatialTemporalLoRATrain:
+    """MotionDirector: learn a motion as a temporal LoRA, with per-video spatial LoRAs absorbing appearance."""
+
+    CATEGORY = "TuneVideo/train"
+    FUNCTION = "run"
+    RETURN_TYPES = (VIDEO_UNET, VIDEO_LORA, VIDEO_LORA, "IMAGE", "IMAGE")
+    RETURN_NAMES = ("video_unet", "temporal_lora", "spatial_loras", "spatial_loss", "temporal_loss")
+    OUTPUT_TOOLTIPS = (
+        "A new VIDEO_UNET with the temporal LoRA and the (first video's) spatial LoRA baked in (input untouched).",
+        "The motion: save it (Save Video LoRA -> models/animatediff_motion_lora) or apply it to another VIDEO_UNET.",
+        "The appearance LoRA(s), one per training video (Save Video LoRA -> models/loras).",
+        "Spatial-path loss per step (gaps: skipped steps).", "Temporal-path loss (plain + appearance-debiased).")
+    DESCRIPTION = ("MotionDirector (Zhao et al. 2023) dual-path LoRA: spatial LoRA on single frames, temporal LoRA on "
+                   "whole clips using (never updating) the spatial LoRA, appearance-debiased temporal loss. Works on "
+                   "AnimateDiff and inflated video UNets.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_unet": (VIDEO_UNET, {"tooltip": "AnimateDiff (AnimateDiffVideoUNet) or inflated "
+                                                   "(InflateUNetTemporal) video UNet."}),
+            "latent": ("LATENT", {"tooltip": "Reference video latents (frames as batch, VAE Encode). Several videos: "
+                                             "batch them one after the other (Latent Batch) and set "
+                                             "frames_per_video."}),
+            "positive": ("CONDITIONING", {"tooltip": "Prompt describing the reference video(s), e.g. 'A person is "
+                                                     "riding a bicycle'; shared by every video, as in"
+                                                     " MotionDirector's multi-video config."}),
+            "frames_per_video": ("INT", {"default": 0, "min": 0, "max": 4096,
+                                         "tooltip": "Frames of each video in latent; 0: the latent is one video."}),
+            "steps": ("INT", {"default": MD.steps, "min": 1, "max": 100000,
+                              "tooltip": "Training steps (MotionDirector: 150 for one video, 3000 for several)."}),
+            "rank": ("INT", {"default": MD.rank, "min": 1, "max": 256, "tooltip": "LoRA rank (MotionDirector: 32)."}),
+            "lr_spatial": ("FLOAT", {"default": MD.lr_spatial, "min": 1e-7, "max": 1e-1, "step": 1e-5, "round": False,
+                                     "tooltip": "AdamW learning rate of the spatial LoRAs (MotionDirector: 5e-4)."}),
+            "lr_temporal": ("FLOAT", {"default": MD.lr_temporal, "min": 1e-7, "max": 1e-1, "step": 1e-5,
+                                      "round": False,
+                                      "tooltip": "AdamW learning rate of the temporal LoRA (MotionDirector: 5e-4)."}),
+            "seed": ("INT", {"default": MD.seed, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
+                             "tooltip": "Seed of noise, timesteps, frame choices and LoRA init; fixed by default so "
+                                        "a re-queue does not retrain."}),
+            "paths": (list(PATHS), {"default": MD.paths,
+                                    "tooltip": "spatial+temporal: MotionDirector. spatial: appearance only (e.g. one "
+                                               "image to animate with a saved temporal LoRA). temporal: motion "
+                                               "only."}),
+            "gradient_checkpointing": ("BOOLEAN", {"default": MD.gradient_checkpointing,
+                                                   "tooltip": "Less memory, about 30% slower."}),
+            "mixed_precision": (list(PRECISIONS), {"default": "auto",
+                                "tooltip": "auto: bf16 autocast on GPU, fp32 on CPU. LoRAs train in fp32."}),
+        }, "optional": {
+            "output_spatial_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                                  "tooltip": "Spatial LoRA strength in the returned VIDEO_UNET. 0: "
+                                                             "motion only (MotionDirector's inference for new "
+                                                             "subjects)."}),
+            "prompt_note": ("STRING", {"default": "", "tooltip": "Prompt text stored in the LoRA files' metadata "
+                                                                 "(CONDITIONING carries no text)."}),
+        }}
+
+    def run(self, video_unet, latent, positive, frames_per_video, steps, rank, lr_spatial, lr_temporal, seed, paths,
+            gradient_checkpointing, mixed_precision, output_spatial_strength=1.0, prompt_note=""):
+        config = MotionDirectorConfig(steps=steps, rank=rank, lr_spatial=lr_spatial, lr_temporal=lr_temporal,
+                                      seed=seed, paths=paths, gradient_checkpointing=gradient_checkpointing,
+                                      mixed_precision=mixed_precision,
+                                      weight_decay=MD.weight_decay if frames_per_video <= 0 else 1e-4)
+        clips = split_clips(latent, frames_per_video, video_unet.latent_scale)
+        context = conditioning_tensor(positive, "positive", video_unet)
+        host.free_accelerator()
+        result = train(video_unet, clips, [context] * len(clips), config, device=host.torch_device(),
+                       callback=host.Progress(steps, "SpatialTemporalLoRATrain"),
+                       metadata=_metadata(video_unet, prompt_note, clips, config))
+        out = video_unet
+        if result.temporal is not None:
+            out = L.merge(out, result.temporal, 1.0, "temporal LoRA")
+        if result.spatial:
+            out = L.merge(out, result.spatial[0], output_spatial_strength, "spatial LoRA")
+        out = out.replace(history=out.history + (record(config, clips, [prompt_note], result.temporal_losses
+                                                         if result.temporal else result.spatial_losses),))
+        parked = host.offload_device()
+        if out.unet.device != parked:
+            out = out.replace(unet=out.unet.clone(device=parked))
+        return (out, result.temporal, result.spatial,
+                loss_curve_image(result.spatial_losses, title="spatial loss"),
+                loss_curve_image(result.temporal_losses, title="temporal loss"))
+
+
+def _loras(value, name: str) -> list[L.LoRAWeights]:
+    items = list(value) if isinstance(value, tuple | list) else [value]
+    if not items or any(item is None for item in items):
+        raise ValueError(f"{name} is empty: that path was not trained (see SpatialTemporalLoRATrain's paths)")
+    if not all(isinstance(item, L.LoRAWeights) for item in items):
+        raise TypeError(f"{name} must be a VIDEO_LORA from SpatialTemporalLoRATrain")
+    return items
+
+
+def _target(kind: str, prefix: str):
+    folder = host.LORA_FOLDER if kind == "spatial" else host.MOTION_LORA_FOLDER
+    if not re.fullmatch(r"[\w\-. /]+", prefix) or ".." in prefix or prefix.startswith("/"):
+        raise ValueError(f"filename_prefix {prefix!r} may only use letters, digits, '-', '_', '.', ' ' and '/' "
+                         f"sub-folders inside models/{folder}")
+    return folder, host.model_dir(folder) / prefix
+
+
+class SaveVideoLoRA:
+    """Save LoRAs where the ecosystem finds them: temporal -> animatediff_motion_lora, spatial -> loras."""
+
+    CATEGORY = "TuneVideo/model"
+    FUNCTION = "save"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("paths",)
+    OUTPUT_TOOLTIPS = ("Written files, relative to their models folder (one line each).",)
+    OUTPUT_NODE = True
+    DESCRIPTION = ("Temporal LoRAs on the AnimateDiff base are AnimateDiff motion LoRAs (AnimateDiff-Evolved's Load "
+                   "AnimateDiff LoRA reads them); spatial LoRAs are kohya-layout SD1.5 LoRAs (core Load LoRA reads "
+                   "them). Safetensors with metadata; a counter is appended, nothing is overwritten.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "lora": (VIDEO_LORA, {"tooltip": "temporal_lora or spatial_loras from SpatialTemporalLoRATrain."}),
+            "filename_prefix": ("STRING", {"default": "motion_director/motion",
+                                           "tooltip": "Name inside models/animatediff_motion_lora (temporal) or "
+                                                      "models/loras (spatial)."}),
+        }}
+
+    def save(self, lora, filename_prefix):
+        written = []
+        items = _loras(lora, "lora")
+        for i, item in enumerate(items):
+            folder, target = _target(item.kind, filename_prefix)
+            stem = target.name + (f"_{item.kind}_v{i}" if len(items) > 1 else f"_{item.kind}")
+            path = unique_path(target.parent, stem, "safetensors")
+            L.save_lora(item, path)
+            written.append(path.relative_to(host.model_dir(folder)).as_posix())
+            logger.info("saved %s LoRA %s", item.kind, written[-1])
+        return ("\n".join(written),)
+
+
+class ApplyVideoLoRA:
+    """Bake a VIDEO_LORA into a VIDEO_UNET at a strength (e.g. a motion on an untrained AnimateDiff UNet)."""
+
+    CATEGORY = "TuneVideo/model"
+    FUNCTION = "apply"
+    RETURN_TYPES = (VIDEO_UNET,)
+    RETURN_NAMES = ("video_unet",)
+    OUTPUT_TOOLTIPS = ("A new VIDEO_UNET with the LoRA(s) baked in; the input is unchanged.",)
+    DESCRIPTION = "Separate strengths for motion and appearance: chain one Apply per LoRA."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_unet": (VIDEO_UNET, {"tooltip": "The VIDEO_UNET the LoRA was trained for (same base kind)."}),
+            "lora": (VIDEO_LORA, {"tooltip": "A temporal or spatial LoRA (a list: each is applied)."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                                   "tooltip": "Scale of the LoRA's weight change."}),
+        }}
+
+    def apply(self, video_unet, lora, strength):
+        for item in _loras(lora, "lora"):
+            video_unet = L.merge(video_unet, item, strength, f"{item.kind} LoRA")
+        return (video_unet,)
+
+
+class LoadVideoLoRA:
+    """Load a saved motion LoRA (animatediff_motion_lora) or spatial LoRA (loras) into a VIDEO_UNET."""
+
+    CATEGORY = "TuneVideo/model"
+    FUNCTION = "load"
+    RETURN_TYPES = (VIDEO_UNET,)
+    RETURN_NAMES = ("video_unet",)
+    OUTPUT_TOOLTIPS = ("A new VIDEO_UNET with the LoRA baked in at the strength.",)
+    DESCRIPTION = ("Motion LoRAs: AnimateDiff MotionLoRA layout (ours, AnimateDiff's official ones, "
+                   "ADMotionDirector's). Spatial LoRAs: kohya diffusers-name layout (ours).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = ([f"motion/{n}" for n in host.list_models(host.MOTION_LORA_FOLDER)]
+                 + [f"spatial/{n}" for n in host.list_models(host.LORA_FOLDER)])
+        return {"required": {
+            "video_unet": (VIDEO_UNET, {"tooltip": "The VIDEO_UNET to apply the LoRA to."}),
+            "lora_name": (names, {"tooltip": "motion/...: models/animatediff_motion_lora; spatial/...: "
+                                             "models/loras."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                                   "tooltip": "Scale of the LoRA's weight change."}),
+        }}
+
+    def load(self, video_unet, lora_name, strength):
+        group, _, name = lora_name.partition("/")
+        if group not in ("motion", "spatial") or not name:
+            raise ValueError(f"lora_name {lora_name!r} must start with 'motion/' or 'spatial/'")
+        folder = host.MOTION_LORA_FOLDER if group == "motion" else host.LORA_FOLDER
+        kind = "temporal" if group == "motion" else "spatial"
+        lora = L.load_lora(host.model_path(name, folder), video_unet.unet, kind)
+        return (L.merge(video_unet, lora, strength, name),)
+
+
+class MotionNoisePrior:
+    """MotionDirector's noise prior: mix inverted reference noise with fresh noise (variance preserving)."""
+
+    CATEGORY = "TuneVideo/sampling"
+    FUNCTION = "mix"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("noise",)
+    OUTPUT_TOOLTIPS = ("sqrt(p) * inverted + sqrt(1 - p) * fresh noise, tagged so SampleVideo starts from it.",)
+    DESCRIPTION = ("MotionDirector_inference.py: z_T = sqrt(noise_prior) z_inv + sqrt(1 - noise_prior) eps. 0: fresh "
+                   "noise only; 1: the inverted noise (Tune-A-Video style).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "noise": ("LATENT", {"tooltip": "Inverted reference latents from DDIMInvertVideo."}),
+            "noise_prior": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                                      "tooltip": "Weight p of the inverted noise (MotionDirector configs: 0.5 for one "
+                                                 "video, 0 for several; its README also uses 0.3)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
+                             "tooltip": "Seed of the fresh noise."}),
+        }}
+
+    def mix(self, noise, noise_prior, seed):
+        if not 0.0 <= noise_prior <= 1.0:
+            raise ValueError(f"noise_prior={noise_prior} must be in [0, 1]")
+        tag = noise.get(INVERTED_KEY)
+        if tag is None:
+            raise ValueError("noise must come from DDIMInvertVideo (inverted latents); for fresh noise only, give "
+                             "SampleVideo an Empty Latent Image")
+        z_inv = latent_to_video(noise, 1.0, "noise")
+        fresh = torch.randn(z_inv.shape, generator=torch.Generator().manual_seed(seed))
+        mixed = noise_prior ** 0.5 * z_inv + (1 - noise_prior) ** 0.5 * fresh
+        return (video_to_latent(mixed, 1.0, **{INVERTED_KEY: dict(tag, noise_prior=noise_prior)}),)

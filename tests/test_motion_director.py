@@ -1,0 +1,197 @@
+"""MotionDirector dual-path LoRA: what trains, what stays frozen, the debiased loss, files the ecosystem reads."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import CTX_DIM
+from safetensors import safe_open
+from test_nodes import cond
+from tunevideo import NODE_CLASS_MAPPINGS
+from tunevideo.modules import lora as L
+from tunevideo.modules import tiny
+from tunevideo.modules.animatediff import build_motion_unet
+from tunevideo.modules.motion_director import MotionDirectorConfig, debiased_loss, train
+from tunevideo.modules.schedule import NoiseSchedule
+from tunevideo.modules.video_model import VideoModel
+from tunevideo.nodes.boundary import INVERTED_KEY
+
+N = NODE_CLASS_MAPPINGS
+FAST = dict(rank=2, gradient_checkpointing=False)
+
+
+@pytest.fixture(scope="module")
+def motion_file():
+    return tiny.tiny_motion_module("v2", seed=3)
+
+
+@pytest.fixture(scope="module")
+def ad_model(motion_file):
+    return VideoModel(build_motion_unet(tiny.tiny_unet2d(), motion_file, "mm_tiny.ckpt"), NoiseSchedule.scaled_linear())
+
+
+def clip(seed, frames=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 4, frames, 8, 8, generator=g), torch.randn(1, 5, CTX_DIM, generator=g)
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
+
+
+def test_debiased_loss_equals_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 4, 5, 3, 3, generator=g), torch.randn(2, 4, 5, 3, 3, generator=g)
+    beta, anchor = 0.7, 3
+    alpha = (beta ** 2 + 1) ** 0.5
+    terms = [((alpha * pred[:, :, j] - beta * pred[:, :, anchor]) - (alpha * target[:, :, j] - beta * target[:, :, anchor]))
+             .pow(2).mean() for j in range(5)]
+    torch.testing.assert_close(debiased_loss(pred, target, anchor, beta), torch.stack(terms).mean())
+    # appearance shared by every frame (the same offset added to each frame of pred) cancels out for beta = 1 only
+    # in the anchor-difference part: the loss sees motion relative to the anchor, scaled by alpha
+    same = pred + 5.0 * torch.randn(2, 4, 1, 3, 3, generator=g)
+    d = debiased_loss(same, target, anchor, 1.0) - debiased_loss(pred, target, anchor, 1.0)
+    assert d.abs() > 0  # not invariant: alpha > beta keeps a share of the plain loss
+
+
+def test_only_lora_targets_change_and_the_input_is_untouched(ad_model):
+    before = snapshot(ad_model)
+    x, c = clip(0)
+    res = train(ad_model, [x], [c], MotionDirectorConfig(steps=3, lr_spatial=1e-2, lr_temporal=1e-2, **FAST))
+    assert all(torch.equal(v, before[k]) for k, v in ad_model.unet.state_dict().items())
+    assert not L.lora_layers(ad_model.unet)  # peft never touched the input's modules
+    merged = L.merge(L.merge(ad_model, res.temporal), res.spatial[0])
+    changed = {k for k, v in merged.unet.state_dict().items() if not torch.equal(v, before[k])}
+    # every layer whose LoRA moved from its zero init, and nothing else (at 8x8 latents the mid block sees 1 token,
+    # where attention ignores q and k: those LoRAs get no gradient and stay zero)
+    layers = {**res.temporal.layers, **res.spatial[0].layers}
+    assert changed == {f"{p}.weight" for p, (_, up) in layers.items() if up.abs().sum() > 0}
+    assert len(changed) > 0.9 * len(layers)
+    assert all(re.fullmatch(L.TEMPORAL_TARGETS["animatediff"], p) for p in res.temporal.layers)
+    assert all(re.fullmatch(L.SPATIAL_TARGETS, p) and ".motion_modules." not in p for p in res.spatial[0].layers)
+    assert any(".attn2." in p for p in res.temporal.layers)  # both temporal attentions, as the reference
+    assert not any(".attn2." in p for p in res.spatial[0].layers)  # cross-attention stays out of the spatial LoRA
+    assert all(up.abs().sum() > 0 for p, (_, up) in res.temporal.layers.items())  # trained (up starts at zero)
+
+
+def test_the_temporal_path_never_changes_the_spatial_lora(ad_model):
+    """With the spatial path run every step, the spatial LoRA of a dual-path run is bit-identical to one trained
+    alone: the temporal path (which uses it) leaves it untouched."""
+    x, c = clip(1)
+    cfg = dict(steps=4, lr_spatial=1e-2, lr_temporal=1e-2, dropout=0.0, spatial_skip_prob=0.0, **FAST)
+    both = train(ad_model, [x], [c], MotionDirectorConfig(**cfg))
+    alone = train(ad_model, [x], [c], MotionDirectorConfig(paths="spatial", **cfg))
+    assert alone.temporal is None
+    for path, (down, up) in both.spatial[0].layers.items():
+        assert torch.equal(down, alone.spatial[0].layers[path][0]) and torch.equal(up, alone.spatial[0].layers[path][1])
+    moved = [bool(up.abs().sum() > 0) for _, up in both.spatial[0].layers.values()]
+    assert sum(moved) > 0.9 * len(moved)  # it did train (mid-block q/k at one token get no gradient)
+
+
+def test_loss_goes_down_and_runs_repeat_per_seed(ad_model):
+    x, c = clip(2)
+    cfg = MotionDirectorConfig(steps=24, lr_spatial=3e-3, lr_temporal=3e-3, seed=5, **FAST)
+    a = train(ad_model, [x], [c], cfg)
+    assert sum(a.temporal_losses[-6:]) < sum(a.temporal_losses[:6])
+    b = train(ad_model, [x], [c], cfg)
+    assert a.temporal_losses == b.temporal_losses
+    assert all(torch.equal(a.temporal.layers[p][1], b.temporal.layers[p][1]) for p in a.temporal.layers)
+    spatial = [v for v in a.spatial_losses if v == v]
+    assert 0 < len(spatial) < 24  # the spatial path is skipped on some steps (p = 0.2)
+
+
+def test_multi_video_gives_one_spatial_lora_per_video_and_steps_each_in_turn(ad_model):
+    (x0, c0), (x1, c1) = clip(3), clip(4, frames=2)
+    res = train(ad_model, [x0, x1], [c0, c1], MotionDirectorConfig(steps=2, spatial_skip_prob=0.0, **FAST))
+    assert len(res.spatial) == 2 and res.spatial[1].metadata["video_index"] == "1"
+    # step 0 trains video 0's spatial LoRA, step 1 video 1's: both moved from their zero init
+    assert all(any(up.abs().sum() > 0 for _, up in s.layers.values()) for s in res.spatial)
+
+
+def test_interrupt_leaves_the_input_intact(ad_model):
+    before = snapshot(ad_model)
+    x, c = clip(5)
+
+    def stop(step, total, info):
+        if step == 2:
+            raise InterruptedError("cancel")
+
+    with pytest.raises(InterruptedError):
+        train(ad_model, [x], [c], MotionDirectorConfig(steps=5, **FAST), callback=stop)
+    assert all(torch.equal(v, before[k]) for k, v in ad_model.unet.state_dict().items())
+    assert not L.lora_layers(ad_model.unet)
+
+
+def test_files_round_trip_and_use_the_ecosystem_layouts(tmp_path, ad_model, motion_file):
+    x, c = clip(6)
+    res = train(ad_model, [x], [c], MotionDirectorConfig(steps=2, lr_temporal=1e-2, lr_spatial=1e-2, **FAST),
+                metadata={"method": "motion-director", "prompts": '["a person is skiing"]'})
+    L.save_lora(res.temporal, tmp_path / "motion.safetensors")
+    L.save_lora(res.spatial[0], tmp_path / "spatial.safetensors")
+    with pytest.raises(FileExistsError):
+        L.save_lora(res.temporal, tmp_path / "motion.safetensors")
+    with safe_open(str(tmp_path / "motion.safetensors"), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    assert meta["method"] == "motion-director" and meta["kind"] == "temporal" and meta["prompts"]
+    # AnimateDiff-Evolved's motion-LoRA rule (animatediff/model_injection.py, load_motion_lora_as_patches): keep keys
+    # with "temporal", take the ".down." ones, strip "processor." "_lora" "down." and map "to_out." to "to_out.0.".
+    for key in keys:
+        assert "temporal" in key
+        if ".down." in key:
+            target = key.replace("processor.", "").replace("_lora", "").replace("down.", "")
+            if "to_out." in target and "to_out.0." not in target:
+                target = target.replace("to_out.", "to_out.0.")
+            assert target in motion_file, target
+    with safe_open(str(tmp_path / "spatial.safetensors"), "pt") as f:
+        skeys = list(f.keys())
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in skeys
+    for kind, name, lora in (("temporal", "motion", res.temporal), ("spatial", "spatial", res.spatial[0])):
+        loaded = L.load_lora(tmp_path / f"{name}.safetensors", ad_model.unet, kind)
+        a, b = L.merge(ad_model, lora, 0.7), L.merge(ad_model, loaded, 0.7)
+        for key in lora.deltas():
+            torch.testing.assert_close(a.unet.get_parameter(key), b.unet.get_parameter(key), rtol=0, atol=1e-6)
+    inflated = VideoModel(__import__("tunevideo.modules.inflate", fromlist=["x"]).inflate_unet(tiny.tiny_unet2d()),
+                          NoiseSchedule.scaled_linear())
+    with pytest.raises(ValueError, match="AnimateDiffVideoUNet"):
+        L.load_lora(tmp_path / "motion.safetensors", inflated.unet, "temporal")
+
+
+def test_inflated_base_trains_attn_temp_loras(tiny_video_model):
+    x, c = clip(7)
+    res = train(tiny_video_model, [x], [c], MotionDirectorConfig(steps=2, **FAST))
+    assert res.temporal.base == "inflated" and all(".attn_temp." in p for p in res.temporal.layers)
+    assert all(".attn_temp." not in p and ".attn1." in p or ".ff." in p for p in res.spatial[0].layers)
+
+
+def test_nodes_train_save_load_and_mix_noise(tmp_path, monkeypatch, ad_model):
+    monkeypatch.setenv("TUNEVIDEO_HOME", str(tmp_path))
+    latent = {"samples": torch.cat([clip(8)[0][0].permute(1, 0, 2, 3), clip(9)[0][0].permute(1, 0, 2, 3)])}
+    with torch.inference_mode():
+        out = N["SpatialTemporalLoRATrain"]().run(ad_model, latent, cond(0), 3, 2, 2, 1e-3, 1e-3, 0,
+                                                  "spatial+temporal", False, "fp32", 0.0, "a person is skiing")
+        video, temporal, spatial, spatial_img, temporal_img = out
+        assert len(spatial) == 2 and temporal.kind == "temporal" and temporal_img.shape[-1] == 3
+        (paths,) = N["SaveVideoLoRA"]().save(temporal, "md/run")
+        (spaths,) = N["SaveVideoLoRA"]().save(spatial, "md/run")
+    assert paths == "md/run_temporal_00001.safetensors"
+    assert spaths.splitlines() == ["md/run_spatial_v0_00001.safetensors", "md/run_spatial_v1_00001.safetensors"]
+    assert (tmp_path / "models" / "animatediff_motion_lora" / paths).is_file()
+    assert (tmp_path / "models" / "loras" / spaths.splitlines()[0]).is_file()
+    # output_spatial_strength 0: the returned model is the input + the temporal LoRA only; loading the file agrees
+    (loaded,) = N["LoadVideoLoRA"]().load(ad_model, f"motion/{paths}", 1.0)
+    for key in temporal.deltas():
+        torch.testing.assert_close(loaded.unet.get_parameter(key), video.unet.get_parameter(key), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="frames_per_video"):
+        N["SpatialTemporalLoRATrain"]().run(ad_model, latent, cond(0), 4, 1, 2, 1e-3, 1e-3, 0,
+                                            "spatial+temporal", False, "fp32")
+    inv = {"samples": torch.randn(3, 4, 8, 8), INVERTED_KEY: {"steps": 5, "frames": 3}}
+    (p0,) = N["MotionNoisePrior"]().mix(inv, 0.0, 7)
+    (p1,) = N["MotionNoisePrior"]().mix(inv, 1.0, 7)
+    torch.testing.assert_close(p1["samples"], inv["samples"])
+    fresh = torch.randn((1, 4, 3, 8, 8), generator=torch.Generator().manual_seed(7))[0].permute(1, 0, 2, 3)
+    torch.testing.assert_close(p0["samples"], fresh)
+    assert p0[INVERTED_KEY]["frames"] == 3
+    with pytest.raises(ValueError, match="DDIMInvertVideo"):
+        N["MotionNoisePrior"]().mix({"samples": torch.randn(3, 4, 8, 8)}, 0.5, 0)
