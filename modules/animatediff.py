@@ -127,7 +127,8 @@ def inspect_motion_module(sd: Mapping[str, torch.Tensor], name: str = "motion mo
     mid = any(k.startswith("mid_block.") for k in keys)
     max_frames = int(pes[0].shape[1])
     version = "v2" if mid else ("v3" if max_frames == 32 else "v1")
-    return MotionModuleInfo(version, channels, layers, mid, max_frames, unet_hash(sd), name)
+    digest = "" if any(v.is_meta for v in sd.values()) else unet_hash(sd)  # meta: FLOP counting in bench/
+    return MotionModuleInfo(version, channels, layers, mid, max_frames, digest, name)
 
 
 _TO_ORIGINAL = ((".norm1.", ".norms.0."), (".norm2.", ".norms.1."), (".norm3.", ".ff_norm."),

@@ -55,6 +55,15 @@ def write_host_checkpoint(path: Path) -> None:
     save_file({k: v.detach().half().contiguous() for k, v in sd.items()}, str(path))
 
 
+def write_host_motion_module(path: Path) -> None:
+    """Random AnimateDiff v2 motion module in the original key layout, sized for HOST_UNET's blocks."""
+    from safetensors.torch import save_file
+    from tunevideo.modules.tiny import tiny_motion_module
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tiny_motion_module("v2", seed=0, unet_config=HOST_UNET), str(path))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,6 +106,7 @@ def host(tmp_path_factory):
         (base / sub).mkdir(parents=True)
     (base / "custom_nodes" / "ComfyUI-TuneVideo").symlink_to(ROOT, target_is_directory=True)
     write_host_checkpoint(base / "models" / "checkpoints" / "tiny-sd15.safetensors")
+    write_host_motion_module(base / "models" / "animatediff_models" / "mm-tiny-v2.safetensors")
     shutil.copy(ROOT / "assets" / "sample" / "man-skiing-16f-128.mp4", base / "input" / "man-skiing.mp4")
     port = _free_port()
     log = open(base / "comfyui.log", "w")
@@ -283,3 +293,55 @@ def test_video_p2p_workflow_runs(host):
 
     _, meta = read_delta(base / "models" / "tunevideo" / "video_p2p" / "rabbit-jump_00001.safetensors")
     assert meta["attention"] == "video-p2p"
+
+
+def _shrunk_motion_director(name: str) -> dict:
+    api = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+    for node in api.values():
+        cls, inputs = node["class_type"], node["inputs"]
+        if cls == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = "tiny-sd15.safetensors"
+        elif cls == "AnimateDiffVideoUNet":
+            inputs["motion_module"] = "mm-tiny-v2.safetensors"
+        elif cls == "LoadVideoClip":
+            inputs.update(video="man-skiing.mp4", frame_count=3, stride=2, width=64, height=64,
+                          start_frame=3 if "2" in node["_meta"]["title"] else 0)
+        elif cls == "SpatialTemporalLoRATrain":
+            inputs.update(steps=2, rank=4, frames_per_video=3 if inputs["frames_per_video"] else 0)
+        elif cls in ("DDIMInvertVideo", "SampleVideo"):
+            inputs["steps"] = 2
+        elif cls == "EmptyLatentImage":
+            inputs.update(width=64, height=64, batch_size=3)
+        elif cls == "CLIPTextEncode" and "New prompt" in node["_meta"]["title"]:
+            inputs["text"] = LONG_PROMPT
+    return api
+
+
+def test_motion_director_workflows_run_and_their_loras_load_in_comfyui(host):
+    """Both shipped MotionDirector workflows, shrunk; the spatial LoRA goes through ComfyUI's own LoRA loader."""
+    url, base = host
+    for name in ("motion_director", "motion_director_multi"):
+        reply = _post(f"{url}/prompt", {"prompt": _shrunk_motion_director(name), "client_id": "tunevideo-test"})
+        assert not reply.get("node_errors"), reply
+        result = _wait(reply["prompt_id"], url, timeout=900)
+        assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-3000:]
+        assert any(out.get("images") for out in result["outputs"].values())
+    motion = base / "models" / "animatediff_motion_lora" / "motion_director"
+    loras = base / "models" / "loras" / "motion_director"
+    assert (motion / "ski_temporal_00001.safetensors").is_file() and (motion / "cycling_temporal_00001.safetensors")
+    assert sorted(p.name for p in loras.glob("cycling_*")) == ["cycling_spatial_v0_00001.safetensors",
+                                                               "cycling_spatial_v1_00001.safetensors"]
+    from safetensors import safe_open
+
+    with safe_open(str(motion / "ski_temporal_00001.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["method"] == "motion-director" and meta["motion_module"] == "mm-tiny-v2.safetensors"
+    assert json.loads(meta["prompts"]) == ["A person is skiing"]
+    check = subprocess.run([PYTHON, str(ROOT / "tests" / "host" / "core_lora_check.py"), COMFY,
+                            str(base / "models" / "checkpoints" / "tiny-sd15.safetensors"),
+                            str(loras / "ski_spatial_00001.safetensors")],
+                           capture_output=True, text=True, timeout=600, cwd=COMFY)
+    assert check.returncode == 0, check.stderr[-3000:]
+    report = json.loads(check.stdout.strip().splitlines()[-1])
+    assert report["unmapped"] == [] and report["patches"] == report["pairs"] > 0, report
+    assert report["changed"] >= report["pairs"] * 0.9 and report["max_error"] < 1e-3, report

@@ -29,7 +29,8 @@ def motion_file():
 
 @pytest.fixture(scope="module")
 def ad_model(motion_file):
-    return VideoModel(build_motion_unet(tiny.tiny_unet2d(), motion_file, "mm_tiny.ckpt"), NoiseSchedule.scaled_linear())
+    unet = build_motion_unet(tiny.tiny_unet2d(), motion_file, "mm_tiny.ckpt")
+    return VideoModel(unet, NoiseSchedule.scaled_linear())
 
 
 def clip(seed, frames=3):
@@ -46,14 +47,14 @@ def test_debiased_loss_equals_a_direct_computation():
     pred, target = torch.randn(2, 4, 5, 3, 3, generator=g), torch.randn(2, 4, 5, 3, 3, generator=g)
     beta, anchor = 0.7, 3
     alpha = (beta ** 2 + 1) ** 0.5
-    terms = [((alpha * pred[:, :, j] - beta * pred[:, :, anchor]) - (alpha * target[:, :, j] - beta * target[:, :, anchor]))
-             .pow(2).mean() for j in range(5)]
+    terms = [((alpha * pred[:, :, j] - beta * pred[:, :, anchor])
+              - (alpha * target[:, :, j] - beta * target[:, :, anchor])).pow(2).mean() for j in range(5)]
     torch.testing.assert_close(debiased_loss(pred, target, anchor, beta), torch.stack(terms).mean())
-    # appearance shared by every frame (the same offset added to each frame of pred) cancels out for beta = 1 only
-    # in the anchor-difference part: the loss sees motion relative to the anchor, scaled by alpha
-    same = pred + 5.0 * torch.randn(2, 4, 1, 3, 3, generator=g)
-    d = debiased_loss(same, target, anchor, 1.0) - debiased_loss(pred, target, anchor, 1.0)
-    assert d.abs() > 0  # not invariant: alpha > beta keeps a share of the plain loss
+    # An error shared by every frame (appearance, not motion) is down-weighted by (alpha - beta)^2 = 0.17 (beta 1),
+    # while an error in one frame only keeps its weight alpha^2 = 2 on the other frames.
+    shared = 0.5 * torch.randn(2, 4, 1, 3, 3, generator=g)
+    plain = (shared ** 2).mean()
+    torch.testing.assert_close(debiased_loss(target + shared, target, anchor), (2 ** 0.5 - 1) ** 2 * plain)
 
 
 def test_only_lora_targets_change_and_the_input_is_untouched(ad_model):
@@ -85,7 +86,8 @@ def test_the_temporal_path_never_changes_the_spatial_lora(ad_model):
     alone = train(ad_model, [x], [c], MotionDirectorConfig(paths="spatial", **cfg))
     assert alone.temporal is None
     for path, (down, up) in both.spatial[0].layers.items():
-        assert torch.equal(down, alone.spatial[0].layers[path][0]) and torch.equal(up, alone.spatial[0].layers[path][1])
+        other = alone.spatial[0].layers[path]
+        assert torch.equal(down, other[0]) and torch.equal(up, other[1])
     moved = [bool(up.abs().sum() > 0) for _, up in both.spatial[0].layers.values()]
     assert sum(moved) > 0.9 * len(moved)  # it did train (mid-block q/k at one token get no gradient)
 
