@@ -122,6 +122,9 @@ def delta_metadata(model: VideoModel) -> dict[str, str]:
         "latent_scale": repr(model.latent_scale),
         "history": json.dumps([r.__dict__ for r in model.history]),
     }
+    info = getattr(model.unet, "info", None)  # the AnimateDiff base: which motion module
+    if info is not None:
+        meta.update(motion_module=info.name, motion_module_hash=info.hash)
     if last:
         meta.update(frames=str(last.frames), width=str(last.width), height=str(last.height), prompt=last.prompt,
                     steps=str(last.steps), learning_rate=repr(last.learning_rate), trainable=",".join(last.trainable))
@@ -181,6 +184,16 @@ def load_delta(model: VideoModel, path: str | os.PathLike, check_base: bool = Tr
     if fmt != FORMAT and fmt.startswith("tunevideo.delta."):
         raise ValueError(f"{Path(path).name} has format {fmt}, written by a newer TuneVideo than this one "
                          f"({FORMAT}); update the pack")
+    attention = meta.get("attention", model.unet.attention)
+    if "animatediff" in (attention, model.unet.attention) and attention != model.unet.attention:
+        made = "the AnimateDiff base (AnimateDiffVideoUNet)" if attention == "animatediff" else \
+            "an inflated UNet (InflateUNetTemporal)"
+        raise ValueError(f"{Path(path).name} was tuned on {made}; build this VIDEO_UNET the same way")
+    recorded_mm = meta.get("motion_module_hash", "")
+    own_mm = getattr(getattr(model.unet, "info", None), "hash", "")
+    if check_base and recorded_mm and own_mm and recorded_mm != own_mm:
+        raise BaseMismatchError(f"{Path(path).name} was tuned with motion module {meta.get('motion_module')} "
+                                f"({recorded_mm}); this VIDEO_UNET uses {model.unet.info.name} ({own_mm})")
     own = model.unet.state_dict()
     unknown = sorted(set(tensors) - set(own))
     if unknown:
@@ -192,7 +205,6 @@ def load_delta(model: VideoModel, path: str | os.PathLike, check_base: bool = Tr
                              f"{tuple(own[k].shape)} (made for another model size?)")
     if check_base:
         _check_base(model, meta, Path(path).name)
-    attention = meta.get("attention", model.unet.attention)
     if attention != model.unet.attention:  # the file says how it was tuned: reload with that attention
         if attention not in ATTENTION_VARIANTS:
             raise ValueError(f"{Path(path).name} was tuned with attention {attention!r}, which this TuneVideo does "

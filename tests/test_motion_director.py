@@ -197,3 +197,21 @@ def test_nodes_train_save_load_and_mix_noise(tmp_path, monkeypatch, ad_model):
     assert p0[INVERTED_KEY]["frames"] == 3
     with pytest.raises(ValueError, match="DDIMInvertVideo"):
         N["MotionNoisePrior"]().mix({"samples": torch.randn(3, 4, 8, 8)}, 0.5, 0)
+
+
+def test_a_tuned_animatediff_unet_saves_and_reloads_as_a_delta(tmp_path, ad_model, tiny_video_model):
+    from tunevideo.modules.checkpoint_io import BaseMismatchError, load_delta, save_delta
+
+    x, c = clip(10)
+    res = train(ad_model, [x], [c], MotionDirectorConfig(steps=1, paths="temporal", lr_temporal=1e-2, **FAST))
+    tuned = L.merge(ad_model, res.temporal)
+    meta = save_delta(tuned, tmp_path / "d.safetensors")
+    assert meta["attention"] == "animatediff" and meta["motion_module"] == "mm_tiny.ckpt"
+    back = load_delta(ad_model, tmp_path / "d.safetensors")
+    assert all(torch.equal(back.unet.get_parameter(k), tuned.unet.get_parameter(k)) for k in res.temporal.deltas())
+    with pytest.raises(ValueError, match="AnimateDiffVideoUNet"):
+        load_delta(tiny_video_model, tmp_path / "d.safetensors", check_base=False)
+    other = VideoModel(build_motion_unet(tiny.tiny_unet2d(), tiny.tiny_motion_module("v2", seed=9), "other.ckpt"),
+                       NoiseSchedule.scaled_linear())
+    with pytest.raises(BaseMismatchError, match="motion module"):
+        load_delta(other, tmp_path / "d.safetensors")
