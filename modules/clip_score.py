@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -263,15 +263,24 @@ def embed_frames(clip: ClipScoreModel, frames: torch.Tensor, name: str = "frames
     return image_embeddings(clip, preprocess(frames, clip.image_size, clip.mean, clip.std, name), batch_size)
 
 
-def score_video(clip: ClipScoreModel, frames: torch.Tensor, prompt: str | None,
+def score_video(clip: ClipScoreModel | None, frames: torch.Tensor, prompt: str | None,
                 source: torch.Tensor | None = None, device: torch.device | str | None = None,
-                batch_size: int = CLIP_EVAL.batch_size) -> VideoScore:
-    """The papers' metrics of one edited video ``frames [F, H, W, C]`` (0..1) with one CLIP.
+                batch_size: int = CLIP_EVAL.batch_size,
+                image_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None) -> VideoScore:
+    """The papers' metrics of one edited video ``frames [F, H, W, C]`` (0..1).
 
-    ``prompt`` None skips text alignment; ``source [F, H', W', C]`` adds source similarity. The model is moved to
-    ``device`` for the call and back afterwards.
+    ``clip`` scores everything with its own towers; ``prompt`` None skips text alignment, ``source [F, H', W', C]``
+    adds source similarity. ``image_encoder`` (``[F, H, W, C] -> [F, P]``, e.g. a ComfyUI CLIP_VISION wrapped by the
+    node) replaces ``clip``'s image tower for the image-only metrics (frame consistency, source similarity); text
+    alignment always compares ``clip``'s own image and text embeddings (one shared space). ``clip`` None: image
+    metrics only. The model is moved to ``device`` for the call and back afterwards.
     """
+    if clip is None and image_encoder is None:
+        raise ValueError("no CLIP model: connect a CLIP_SCORE_MODEL (text alignment and all else) or a CLIP_VISION "
+                         "(frame consistency only)")
     check_frames(frames)
+    if clip is None:
+        prompt = None
     if prompt is not None:
         clip.require_text()
         check_prompt(prompt)
@@ -280,13 +289,17 @@ def score_video(clip: ClipScoreModel, frames: torch.Tensor, prompt: str | None,
         if source.shape[0] != frames.shape[0]:
             raise ValueError(f"source_frames has {source.shape[0]} frames but frames has {frames.shape[0]}; "
                              f"pass the source clip exactly as it was edited (same start, count and stride)")
-    home, _ = _device_dtype(clip.model)
-    if device is not None:
+    home = _device_dtype(clip.model)[0] if clip is not None else None
+    if clip is not None and device is not None:
         clip.model.to(device)
     try:
-        embeds = embed_frames(clip, frames, "frames", batch_size)
+        own = embed_frames(clip, frames, "frames", batch_size) if clip is not None and (
+            image_encoder is None or prompt is not None) else None
         text = text_embedding(clip, prompt) if prompt is not None else None
-        src = embed_frames(clip, source, "source_frames", batch_size) if source is not None else None
+        encode = image_encoder or (lambda x: embed_frames(clip, x, "source_frames", batch_size))
+        embeds = own if image_encoder is None else image_encoder(frames).float()
+        src = encode(source).float() if source is not None else None
     finally:
-        clip.model.to(home)
-    return score_embeddings(embeds, text, None, src)
+        if clip is not None:
+            clip.model.to(home)
+    return score_embeddings(embeds, text, own, src)

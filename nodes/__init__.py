@@ -1,6 +1,7 @@
 """ComfyUI node faces of the TuneVideo engine."""
 
 from . import host
+from .evaluate import CLIPVideoScore, LoadCLIPScoreModel
 from .inflate import InflateUNetTemporal
 from .sampling import DDIMInvertVideo, SampleVideo
 from .tune import OneShotTune
@@ -20,6 +21,8 @@ NODE_CLASS_MAPPINGS = {
     "LoadVideoClip": LoadVideoClip,
     "NullTextInvertVideo": NullTextInvertVideo,
     "VideoP2PEdit": VideoP2PEdit,
+    "LoadCLIPScoreModel": LoadCLIPScoreModel,
+    "CLIPVideoScore": CLIPVideoScore,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -32,4 +35,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadVideoClip": "Load Video Clip (TuneVideo)",
     "NullTextInvertVideo": "Null-Text Invert Video (Video-P2P)",
     "VideoP2PEdit": "Video-P2P Edit",
+    "LoadCLIPScoreModel": "Load CLIP Score Model (TuneVideo)",
+    "CLIPVideoScore": "CLIP Video Score (frame consistency, text alignment)",
 }
