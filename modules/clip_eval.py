@@ -275,7 +275,11 @@ def tradeoff_plot(rows: list[dict], summary: list[dict], width: int = 720, heigh
     has_text = all(r.get("text_alignment") is not None for r in rows)
     xs = [r["text_alignment"] if has_text else i for i, r in enumerate(rows)]
     ys = [100 * r["frame_consistency"] for r in rows]
-    (xl, xh), (yl, yh) = _span(xs), _span(ys)
+    ext_x, ext_y = list(xs), list(ys)  # the axes hold every dot and every whisker
+    for s in summary if has_text else []:
+        for key, ext in (("text_alignment", ext_x), ("frame_consistency", ext_y)):
+            ext += [s[f"{key}_mean"] - (s[f"{key}_std"] or 0.0), s[f"{key}_mean"] + (s[f"{key}_std"] or 0.0)]
+    (xl, xh), (yl, yh) = _span(ext_x), _span(ext_y)
 
     def at(x, y):
         return (box[0] + (box[2] - box[0]) * (x - xl) / (xh - xl), box[3] - (box[3] - box[1]) * (y - yl) / (yh - yl))
