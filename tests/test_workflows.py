@@ -30,6 +30,7 @@ CORE = {
 }
 DYNAMIC_COMBOS = {("LoadVideoClip", "video"), ("LoadTunedVideoUNet", "weights"),
                   ("CheckpointLoaderSimple", "ckpt_name")}
+DYNAMIC_COMBOS |= {("LoadCLIPScoreModel", "model")}
 
 
 def node_def(cls):
