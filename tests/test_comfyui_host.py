@@ -345,7 +345,8 @@ def test_evaluate_workflow_scores_like_the_engine(host):
     api[score_id]["inputs"]["clip_vision"] = ["90", 0]
     got = run(api)
     by_vision = score_video(load_clip_model(models / "vit-l-random.safetensors"), frames, None, src)
-    assert got["frame_consistency"] == pytest.approx(by_vision.frame_consistency, abs=1e-5)
-    assert got["source_similarity"] == pytest.approx(by_vision.source_similarity, abs=1e-5)
-    assert got["consecutive"] == pytest.approx(by_vision.consecutive, abs=1e-5)
+    # A random ViT-L/14 maps all frames close together (cosines ~0.9999), so compare the distances from 1.
+    for key in ("frame_consistency", "source_similarity"):
+        assert 1 - got[key] == pytest.approx(1 - getattr(by_vision, key), rel=1e-2), key
+    assert [1 - c for c in got["consecutive"]] == pytest.approx([1 - c for c in by_vision.consecutive], rel=1e-2)
     assert got["text_alignment"] == pytest.approx(want.text_alignment, abs=1e-3)  # still the two-tower model's
