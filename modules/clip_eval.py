@@ -118,7 +118,7 @@ def read_frames(path: str | os.PathLike, start: int = 0, stride: int = 1, count:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_EXTS)
         if not files:
             raise ValueError(f"{path} holds no frames ({', '.join(FRAME_EXTS)})")
-        arrays = (lambda p=p: np.asarray(Image.open(p).convert("RGB")) for p in files)
+        arrays = (lambda p=p: _image_rgb(p) for p in files)
         opened = None
     elif path.suffix.lower() in (".webp", ".gif"):
         opened = _open_pil(path)
@@ -142,6 +142,11 @@ def read_frames(path: str | os.PathLike, start: int = 0, stride: int = 1, count:
     if len({tuple(p.shape) for p in picked}) > 1:
         raise ValueError(f"{path.name}: frames of different sizes")
     return torch.stack(picked).float() / 255.0
+
+
+def _image_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 # ------------------------------------------------------------------------------------------------------- scoring

@@ -161,10 +161,13 @@ def _from_file(file: Path, tokenizer_dir) -> ClipScoreModel:
     return ClipScoreModel(model, tokenizer, str(file), int(vision.image_size))
 
 
-def _heads_and_act(width: int, vision_width: int) -> tuple[int, str]:
-    if vision_width in _OPEN_CLIP_WIDE:
-        return max(1, width // 64) if width not in _OPEN_CLIP_WIDE else _OPEN_CLIP_WIDE[width], "gelu"
-    return max(1, width // 64), "quick_gelu"
+def _heads_and_act(width: int, vision_width: int, tower: str) -> tuple[int, str]:
+    """Heads and activation of a tower (OpenAI: 64-wide heads, quick_gelu; OpenCLIP ViT-H/g vision: 16 heads,
+    their text towers 64-wide heads, both gelu)."""
+    act = "gelu" if vision_width in _OPEN_CLIP_WIDE else "quick_gelu"
+    if tower == "vision" and width in _OPEN_CLIP_WIDE:
+        return _OPEN_CLIP_WIDE[width], act
+    return max(1, width // 64), act
 
 
 def _layers(sd: dict, prefix: str) -> int:
@@ -179,7 +182,7 @@ def _vision_config(sd: dict, name: str) -> CLIPVisionConfig:
     grid = math.isqrt(positions - 1)
     if grid * grid != positions - 1:
         raise ClipModelError(f"{name}: {positions} position embeddings is not a square grid plus the class token")
-    heads, act = _heads_and_act(int(width), int(width))
+    heads, act = _heads_and_act(int(width), int(width), "vision")
     return CLIPVisionConfig(hidden_size=int(width), intermediate_size=int(sd["vision_model.encoder.layers.0.mlp.fc1"
                                                                             ".weight"].shape[0]),
                             num_hidden_layers=_layers(sd, "vision_model.encoder.layers."), num_attention_heads=heads,
@@ -189,7 +192,7 @@ def _vision_config(sd: dict, name: str) -> CLIPVisionConfig:
 
 def _text_config(sd: dict, vision: CLIPVisionConfig) -> CLIPTextConfig:
     vocab, width = sd["text_model.embeddings.token_embedding.weight"].shape
-    heads, act = _heads_and_act(int(width), vision.hidden_size)
+    heads, act = _heads_and_act(int(width), vision.hidden_size, "text")
     return CLIPTextConfig(vocab_size=int(vocab), hidden_size=int(width), num_attention_heads=heads, hidden_act=act,
                           intermediate_size=int(sd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]),
                           num_hidden_layers=_layers(sd, "text_model.encoder.layers."),
