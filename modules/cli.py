@@ -4,6 +4,8 @@
         --source-prompt "a man is skiing" --prompt "mickey mouse is skiing on the snow" --out outputs/edit
     python -m tunevideo demo            # built-in tiny random model + the shipped sample clip (outputs are noise)
     python -m tunevideo self-check      # convert + inflate a tiny model and report what was done
+    python -m tunevideo evaluate --clip models/clip_vision/clip-vit-large-patch14 --edits my_edits/
+                                        # CLIP frame consistency + text alignment of a set of edits (a table)
 
 Writes ``edited.mp4``, ``edited.webp``, ``contact_sheet.png`` (source row over edited row), ``loss.png``, the tuned
 delta ``tuned.safetensors`` and ``summary.json`` into ``--out`` (which must not already contain them).
@@ -189,7 +191,37 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", type=Path, default=None, help="default: a new outputs/demo_NNNNN folder")
     m.add_argument("--device", default="auto")
     sub.add_parser("self-check", help="convert and inflate a tiny model, print what was done")
+    v = sub.add_parser("evaluate", help="CLIP frame consistency / text alignment of a set of edits, as a table")
+    v.add_argument("--clip", required=True, type=Path, help="CLIP folder (config.json + model.safetensors) or "
+                                                            ".safetensors file (the papers: ViT-L/14)")
+    v.add_argument("--edits", required=True, type=Path, help="folder with manifest.json/.csv, or the manifest")
+    v.add_argument("--out", type=Path, default=None, help="where the new clip_eval_NNNNN folder goes (default: "
+                                                          "the manifest's folder)")
+    v.add_argument("--tokenizer", default=None, help="tokenizer folder for a single-file CLIP without one beside it")
+    v.add_argument("--max-frames", type=int, default=0, help="score the first N frames of each video (0: all)")
+    v.add_argument("--batch-size", type=int, default=16)
+    v.add_argument("--device", default="auto")
     return p
+
+
+def evaluate(args) -> dict:
+    """Score every edit of the set with one CLIP and write the report (modules/clip_eval.py)."""
+    from .clip_eval import evaluate_edits, load_manifest, manifest_path, summarize, write_report
+    from .clip_files import load_clip_model
+
+    if args.max_frames < 0 or args.batch_size < 1:
+        raise SystemExit("--max-frames must be >= 0 and --batch-size >= 1")
+    edits = load_manifest(args.edits)
+    clip = load_clip_model(args.clip, tokenizer_dir=args.tokenizer)
+    clip.require_text()
+
+    def progress(step, total, info):
+        logger.info("scored %d/%d %s: text alignment %.2f", step, total, info["name"], info["text_alignment"])
+
+    rows = evaluate_edits(clip, edits, _device(args.device), args.max_frames, args.batch_size, callback=progress)
+    folder = write_report(args.out or manifest_path(args.edits).parent, rows, clip.describe())
+    logger.info("wrote %s", folder)
+    return {"report": str(folder), "model": clip.describe(), "methods": summarize(rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     if args.command == "self-check":
         result = self_check()
+    elif args.command == "evaluate":
+        result = evaluate(args)
     elif args.command == "demo":
         result = demo(args.out or unique_path("outputs", "demo"), _device(args.device))
     else:

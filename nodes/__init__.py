@@ -2,6 +2,7 @@
 
 from . import host
 from .animatediff import AnimateDiffVideoUNet
+from .evaluate import CLIPVideoScore, LoadCLIPScoreModel
 from .inflate import InflateUNetTemporal
 from .motion_director import (
     ApplyVideoLoRA,
@@ -34,6 +35,8 @@ NODE_CLASS_MAPPINGS = {
     "LoadVideoLoRA": LoadVideoLoRA,
     "ApplyVideoLoRA": ApplyVideoLoRA,
     "MotionNoisePrior": MotionNoisePrior,
+    "LoadCLIPScoreModel": LoadCLIPScoreModel,
+    "CLIPVideoScore": CLIPVideoScore,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -52,4 +55,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadVideoLoRA": "Load Video LoRA (motion / spatial)",
     "ApplyVideoLoRA": "Apply Video LoRA",
     "MotionNoisePrior": "Motion Noise Prior (MotionDirector)",
+    "LoadCLIPScoreModel": "Load CLIP Score Model (TuneVideo)",
+    "CLIPVideoScore": "CLIP Video Score (frame consistency, text alignment)",
 }

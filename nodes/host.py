@@ -160,3 +160,51 @@ class Progress:
             self._bar.update_absolute(step, total)
         if info and "loss" in info and (step % 25 == 0 or step == total):
             logger.info("%s step %d/%d loss %.4f", self.label, step, total, float(info["loss"]))
+
+
+# ------------------------------------------------------------------------------------- CLIP models for evaluation
+CLIP_SCORE_FOLDER = "clip_vision"  # ComfyUI's own folder for CLIP image models; full CLIPs live there too
+
+
+def clip_model_roots() -> list[Path]:
+    """The folders searched for scoring CLIPs: every registered ``clip_vision`` path (models/clip_vision, and
+    extra_model_paths.yaml entries); ``$TUNEVIDEO_HOME/models/clip_vision`` without a host."""
+    if _fp is None:
+        return [_fallback_root() / "models" / CLIP_SCORE_FOLDER]
+    return [Path(p) for p in _fp.get_folder_paths(CLIP_SCORE_FOLDER)]
+
+
+def list_clip_models() -> list[str]:
+    """Transformers CLIP folders (holding ``config.json``) and ``.safetensors`` files under the clip_vision
+    folders, as paths relative to their root; files inside a listed folder are not listed again."""
+    names: set[str] = set()
+    for root in clip_model_roots():
+        if not root.is_dir():
+            continue
+        for here, dirs, files in os.walk(root, followlinks=True):
+            rel = Path(here).relative_to(root)
+            if "config.json" in files and rel != Path("."):
+                names.add(rel.as_posix())
+                dirs[:] = []
+                continue
+            dirs.sort()
+            names.update((rel / f).as_posix() for f in files if f.endswith(".safetensors"))
+    return sorted(names)
+
+
+def clip_model_path(name: str) -> Path:
+    """Full path of an entry of :func:`list_clip_models`; FileNotFoundError naming it otherwise."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise FileNotFoundError(f"CLIP model {name!r} must be a name listed from models/{CLIP_SCORE_FOLDER}")
+    for root in clip_model_roots():
+        if (root / name).exists():
+            return root / name
+    raise FileNotFoundError(f"CLIP model {name!r} not found in models/{CLIP_SCORE_FOLDER}")
+
+
+def comfy_tokenizer_dir() -> Path | None:
+    """ComfyUI's own CLIP ViT-L/14 tokenizer files (``comfy/sd1_tokenizer``), None without a host."""
+    if _cu is None:
+        return None
+    folder = Path(_cu.__file__).parent / "sd1_tokenizer"
+    return folder if folder.is_dir() else None

@@ -345,3 +345,70 @@ def test_motion_director_workflows_run_and_their_loras_load_in_comfyui(host):
     report = json.loads(check.stdout.strip().splitlines()[-1])
     assert report["unmapped"] == [] and report["patches"] == report["pairs"] > 0, report
     assert report["changed"] >= report["pairs"] * 0.9 and report["max_error"] < 1e-3, report
+
+
+def _write_eval_models(models: Path) -> None:
+    """models/clip_vision: a tiny two-tower CLIP folder (byte tokenizer beside it) and a random CLIP vision file
+    core Load CLIP Vision accepts. ComfyUI picks its config from the key layout and needs ViT-L/14's (24 layers,
+    width 1024), so that one is full size (fp16, about 0.6 GB)."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from clip_helpers import write_clip_folder
+
+    write_clip_folder(models / "tiny-clip")
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+    vision = CLIPVisionModelWithProjection(config)
+    save_file({k: v.detach().half().contiguous() for k, v in vision.state_dict().items()},
+              str(models / "vit-l-random.safetensors"))
+
+
+def test_evaluate_workflow_scores_like_the_engine(host):
+    """The shipped evaluate workflow (tiny CLIP, 4 frames), then the same graph with a core Load CLIP Vision on the
+    clip_vision input: the node's numbers equal the engine's direct computation on the same frames."""
+    from tunevideo.modules.clip_files import load_clip_model
+    from tunevideo.modules.clip_score import score_video
+    from tunevideo.modules.video_io import read_video
+
+    url, base = host
+    models = base / "models" / "clip_vision"
+    models.mkdir(parents=True, exist_ok=True)
+    _write_eval_models(models)
+    api = json.loads((ROOT / "workflows" / "api" / "evaluate.json").read_text())
+    by_title = {n.get("_meta", {}).get("title", n["class_type"]): n["inputs"] for n in api.values()}
+    edited = dict(video="man-skiing.mp4", start_frame=3, frame_count=4, stride=1, width=64, height=48)
+    source = dict(video="man-skiing.mp4", start_frame=0, frame_count=4, stride=2, width=64, height=64)
+    by_title["Edited video (copy the saved edit into ComfyUI/input)"].update(edited)
+    by_title["Source video, as it was edited (24 frames, stride 2)"].update(source)
+    by_title["CLIP ViT-L/14 (models/clip_vision)"]["model"] = "tiny-clip"
+    score_id = next(k for k, n in api.items() if n["class_type"] == "CLIPVideoScore")
+    prompt = api[score_id]["inputs"]["prompt"]
+
+    def run(graph):
+        reply = _post(f"{url}/prompt", {"prompt": graph, "client_id": "tunevideo-test"})
+        assert not reply.get("node_errors"), reply
+        result = _wait(reply["prompt_id"], url, timeout=600)
+        assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-3000:]
+        return result["outputs"][score_id]["clip_scores"][0]
+
+    got = run(api)
+    frames = read_video(base / "input" / "man-skiing.mp4", start=3, count=4, stride=1, width=64, height=48)[0]
+    src = read_video(base / "input" / "man-skiing.mp4", start=0, count=4, stride=2, width=64, height=64)[0]
+    want = score_video(load_clip_model(models / "tiny-clip"), frames, prompt, src)
+    assert got["frame_consistency"] == pytest.approx(want.frame_consistency, abs=1e-5)
+    assert got["text_alignment"] == pytest.approx(want.text_alignment, abs=1e-3)
+    assert got["source_similarity"] == pytest.approx(want.source_similarity, abs=1e-5)
+    assert got["text_per_frame"] == pytest.approx(want.text_per_frame, abs=1e-3)
+
+    api["90"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "vit-l-random.safetensors"}}
+    api[score_id]["inputs"]["clip_vision"] = ["90", 0]
+    got = run(api)
+    by_vision = score_video(load_clip_model(models / "vit-l-random.safetensors"), frames, None, src)
+    # A random ViT-L/14 maps all frames close together (cosines ~0.9999), so compare the distances from 1.
+    for key in ("frame_consistency", "source_similarity"):
+        assert 1 - got[key] == pytest.approx(1 - getattr(by_vision, key), rel=1e-2), key
+    assert [1 - c for c in got["consecutive"]] == pytest.approx([1 - c for c in by_vision.consecutive], rel=1e-2)
+    assert got["text_alignment"] == pytest.approx(want.text_alignment, abs=1e-3)  # still the two-tower model's

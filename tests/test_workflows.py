@@ -34,6 +34,7 @@ CORE = {
 DYNAMIC_COMBOS = {("LoadVideoClip", "video"), ("LoadTunedVideoUNet", "weights"),
                   ("CheckpointLoaderSimple", "ckpt_name"), ("AnimateDiffVideoUNet", "motion_module"),
                   ("LoadVideoLoRA", "lora_name")}
+DYNAMIC_COMBOS |= {("LoadCLIPScoreModel", "model")}
 
 
 def node_def(cls):

@@ -332,6 +332,35 @@ WORKFLOWS = {"tune_a_video": (tune_a_video_graph, NOTE, POS), "video_p2p": (vide
              "motion_director": (motion_director_graph, MD_NOTE, MD_POS),
              "motion_director_multi": (motion_director_multi_graph, MD_MULTI_NOTE, MD_MULTI_POS)}
 
+
+def evaluate_graph():
+    """CLIP evaluation of an edit (Tune-A-Video Sec. 5): the edited video, its source as it was edited, one CLIP."""
+    return {
+        1: ("LoadVideoClip", "Edited video (copy the saved edit into ComfyUI/input)",
+            {"video": "tune_a_video_00001_.mp4", "start_frame": 0, "frame_count": 24, "stride": 1, "width": 512,
+             "height": 512}, {}),
+        2: ("LoadVideoClip", "Source video, as it was edited (24 frames, stride 2)",
+            {"video": "man-skiing.mp4", "start_frame": 0, "frame_count": 24, "stride": 2, "width": 512,
+             "height": 512}, {}),
+        3: ("LoadCLIPScoreModel", "CLIP ViT-L/14 (models/clip_vision)", {"model": "clip-vit-large-patch14"}, {}),
+        4: ("CLIPVideoScore", None, {"prompt": "mickey mouse is skiing on the snow"},
+            {"frames": (1, 0), "clip_model": (3, 0), "source_frames": (2, 0)}),
+        5: ("PreviewImage", "Per-frame CLIP score and frame-to-frame similarity", {}, {"images": (4, 3)}),
+    }
+
+
+EVAL_NOTE = ("CLIP metrics as the papers report them (Tune-A-Video Sec. 5): frame consistency (mean CLIP image "
+             "cosine over all pairs of frames), text alignment (mean CLIP score, 100 x cosine, of every frame with "
+             "the edited prompt) and source similarity (each edited frame vs its source frame). Put the transformers "
+             "folder of openai/clip-vit-large-patch14 (config.json, model.safetensors, vocab.json, merges.txt) in "
+             "models/clip_vision/, copy your edited video into ComfyUI/input, load the source with the settings it "
+             "was edited with, and type the edited prompt. The numbers show on the node (and its FLOAT outputs); "
+             "the chart shows where the video drifts. A core Load CLIP Vision can feed clip_vision instead for the "
+             "image-only metrics. Headless, over many edits: python -m tunevideo evaluate (README).")
+
+EVAL_POS = {1: (0, 0), 2: (0, 260), 3: (0, 520), 4: (440, 0), 5: (880, 0)}
+WORKFLOWS["evaluate"] = (evaluate_graph, EVAL_NOTE, EVAL_POS)
+
 if __name__ == "__main__":
     for wf_name, (make, text, layout) in WORKFLOWS.items():
         write(wf_name, make(), text, layout)
