@@ -74,8 +74,10 @@ class VideoModel:
         return self.replace(unet=unet, tuned_names=self.tuned_names | frozenset(tensors), **changes)
 
     def delta_names(self) -> list[str]:
-        """Names saved in a delta checkpoint: every added temporal tensor and every tuned tensor."""
-        return sorted(set(self.unet.temporal_parameters()) | set(self.tuned_names))
+        """Names saved in a delta checkpoint: every added temporal tensor and every tuned tensor (that the UNet still
+        has: switching to EI²'s STAM drops ``norm_temp``)."""
+        present = set(self.unet.state_dict())
+        return sorted((set(self.unet.temporal_parameters()) | set(self.tuned_names)) & present)
 
     def model_fn(self, device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None):
         """``fn(x [b,c,f,h,w] fp32, t, context) -> out fp32`` running the UNet in its dtype on ``device``."""
