@@ -113,12 +113,17 @@ def corrupted_sample(model, schedule: NoiseSchedule, x0: torch.Tensor, cond: Con
     """Noise the encoded degraded video ``x0`` (``[b,c,f,h,w]`` scaled) to noise scale ``strength`` and DDIM-denoise it
     with ``model``. Returns ``(clean latents, start timestep)`` (timestep -1: nothing was done, ``x0`` returned).
 
-    ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` (Dreamix Sec. 3.1's ``x_s`` in the discrete schedule)."""
+    ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` (Dreamix Sec. 3.1's ``x_s`` in the discrete schedule); at strength 1 the
+    start is pure noise ``eps``, as in text-to-video sampling (the grid's first timestep, 901 for 10 steps, would
+    otherwise keep ``sqrt(a_t) ~ 0.15`` of the source)."""
     start, t0 = start_of(schedule, steps, strength)
     if t0 < 0:
         return x0.float().clone(), t0
     noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else "cpu")
-    x_t = schedule.add_noise(x0.float(), noise.to(x0.device), torch.tensor([t0], device=x0.device))
+    if start == 0:  # s = 1: pure noise, as text-to-video sampling starts (Sec. 3.1: nothing of the source is kept)
+        x_t = noise.to(x0.device)
+    else:
+        x_t = schedule.add_noise(x0.float(), noise.to(x0.device), torch.tensor([t0], device=x0.device))
     out = sample(model, schedule, x_t, cond, uncond, steps=steps, cfg=cfg, start_step=start, callback=callback)
     return out, t0
 

@@ -213,11 +213,12 @@ def _train_loop(unet, schedule, latents, context, params, config, device, amp, c
         t = torch.randint(0, schedule.num_train_timesteps, (xs.shape[0],), generator=gen, device=device)
         loss = denoising_loss(unet, schedule, xs, cs, t, noise, amp, temporal=not frames_only[step])
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        scaler.step(opt)
-        scaler.update()
+        if loss.requires_grad:  # a frame batch gives no gradient when only temporal layers train
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            scaler.step(opt)
+            scaler.update()
         losses[step] = loss.detach()
         if callback is not None:
             callback(step + 1, config.steps, {"loss": losses[step], "frames_only": frames_only[step]})
