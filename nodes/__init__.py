@@ -1,6 +1,13 @@
 """ComfyUI node faces of the TuneVideo engine."""
 
 from . import host
+from .dreamix import (
+    DreamixCorruptedSample,
+    DreamixCorruptVideo,
+    DreamixFinetune,
+    ImageToCoarseVideo,
+    StackSubjectImages,
+)
 from .inflate import InflateUNetTemporal
 from .sampling import DDIMInvertVideo, SampleVideo
 from .tune import OneShotTune
@@ -20,6 +27,11 @@ NODE_CLASS_MAPPINGS = {
     "LoadVideoClip": LoadVideoClip,
     "NullTextInvertVideo": NullTextInvertVideo,
     "VideoP2PEdit": VideoP2PEdit,
+    "DreamixFinetune": DreamixFinetune,
+    "DreamixCorruptVideo": DreamixCorruptVideo,
+    "DreamixCorruptedSample": DreamixCorruptedSample,
+    "ImageToCoarseVideo": ImageToCoarseVideo,
+    "StackSubjectImages": StackSubjectImages,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -32,4 +44,9 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadVideoClip": "Load Video Clip (TuneVideo)",
     "NullTextInvertVideo": "Null-Text Invert Video (Video-P2P)",
     "VideoP2PEdit": "Video-P2P Edit",
+    "DreamixFinetune": "Dreamix Finetune (mixed video/frames)",
+    "DreamixCorruptVideo": "Dreamix Corrupt Video",
+    "DreamixCorruptedSample": "Dreamix Corrupted Sample",
+    "ImageToCoarseVideo": "Image To Coarse Video (Dreamix)",
+    "StackSubjectImages": "Stack Subject Images (Dreamix)",
 }

@@ -171,3 +171,30 @@ def test_lora_preset_merges_into_attention_projections_only(tiny_video_model):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".attn2.to_q.weight" in k or ".attn2.to_v.weight" in k for k in changed)
     assert changed <= set(tuned.tuned_names)
+
+
+def test_dreamix_nodes_under_inference_mode(tiny_unet2d, tiny_unet_config):
+    from test_nodes import N, cond, fake_model
+
+    frames = torch.rand(3, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    latent = {"samples": torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))}
+    with torch.inference_mode():
+        (video,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config))
+        tuned, curve = N["DreamixFinetune"]().run(video, latent, cond(0), 2, 1e-3, 0, 0.5, "dreamix-lora", "",
+                                                  2, False, "fp32")
+        (degraded,) = N["DreamixCorruptVideo"]().run(frames, 4, 2)
+        out, t0 = N["DreamixCorruptedSample"]().run(tuned, cond(1), cond(2), latent, 0.0, 4, 3.0, 0)
+        _, t_half = N["DreamixCorruptedSample"]().run(tuned, cond(1), cond(2), latent, 0.5, 4, 3.0, 0)
+        (clip,) = N["ImageToCoarseVideo"]().run(frames[:1], 4, "pan-right", 0.2)
+        (stack,) = N["StackSubjectImages"]().run([frames[:1], frames[1:]])
+    assert tuned.history[-1].method == "dreamix" and curve.shape[-1] == 3 and video.tuned_names == frozenset()
+    assert degraded.shape == frames.shape and torch.equal(degraded[1], degraded[0])
+    assert t0 == -1 and torch.allclose(out["samples"], latent["samples"], atol=1e-6)
+    assert t_half == int(video.schedule.ddim_timesteps(4)[2])
+    assert clip.shape == (4, 64, 64, 3) and stack.shape == (3, 64, 64, 3)
+    with pytest.raises(ValueError, match="images mixes image sizes"):
+        N["StackSubjectImages"]().run([frames[:1], torch.rand(1, 32, 64, 3)])
+    with pytest.raises(ValueError, match="image_ratio=2.0"):
+        N["DreamixFinetune"]().run(video, latent, cond(0), 1, 1e-3, 0, 2.0, "dreamix-full", "", 2, False, "fp32")
+    with pytest.raises(ValueError, match="noise_strength=1.2"):
+        N["DreamixCorruptedSample"]().run(tuned, cond(1), cond(2), latent, 1.2, 4, 3.0, 0)

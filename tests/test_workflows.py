@@ -27,9 +27,10 @@ CORE = {
     "SaveVideo": ({"video": ("VIDEO",), "filename_prefix": ("STRING",), "format": (["auto", "mp4"],),
                    "codec": (["auto", "h264"],)}, {}, []),
     "PreviewImage": ({"images": ("IMAGE",)}, {}, []),
+    "LoadImage": ({"image": ("COMBO",)}, {}, ["IMAGE", "MASK"]),
 }
 DYNAMIC_COMBOS = {("LoadVideoClip", "video"), ("LoadTunedVideoUNet", "weights"),
-                  ("CheckpointLoaderSimple", "ckpt_name")}
+                  ("CheckpointLoaderSimple", "ckpt_name"), ("LoadImage", "image")}
 
 
 def node_def(cls):
