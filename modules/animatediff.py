@@ -233,6 +233,11 @@ class MotionUNet(nn.Module):
     """
 
     attention = "animatediff"
+    temporal = "animatediff"  # recorded in deltas like the inflated UNet's temporal layer kind
+
+    @property
+    def attention_options(self) -> dict:
+        return {}
 
     def __init__(self, core: UNetMotionModel, info: MotionModuleInfo):
         super().__init__()

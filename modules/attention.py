@@ -8,7 +8,12 @@ Tune-A-Video (Wu et al., ICCV 2023), Sec. 4.1 "Network inflation":
 Video-P2P (Liu et al., 2023), Sec. 3.2 and its ``FrameAttention``: the queries of every frame attend to the
 keys/values of frame 0 only (:class:`FirstFrameAttnProcessor`); the rest of the block is Tune-A-Video's.
 
-Both are diffusers attention processors: the :class:`~diffusers.models.attention_processor.Attention` module owns the
+EI² (Zhang et al., NeurIPS 2023), Sec. 3 / Fig. 2(c): *FFAM* (:class:`FineCoarseAttnProcessor`), where each patch
+attends to the fine patches of its own frame and to average-pooled (coarse) patches of every other frame, and the
+attention of *STAM* (:class:`StamTemporalAttnProcessor`), temporal attention with a normalised mapping (see
+:mod:`.ei2` for what was chosen where the paper's text was not available).
+
+All are diffusers attention processors: the :class:`~diffusers.models.attention_processor.Attention` module owns the
 weights (``to_q``, ``to_k``, ``to_v``, ``to_out``), these classes own the maths, and ``F.scaled_dot_product_attention``
 does the work. Token layout entering ``attn1``/``attn_temp`` is ``(b f) n c``.
 """
@@ -54,7 +59,7 @@ class SparseCausalAttnProcessor:
     """Self-attention where frame ``i`` attends to frames ``0`` and ``i-1`` (Tune-A-Video ST-Attn)."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 num_frames: int = 1):
+                 num_frames: int = 1, frame_size: tuple[int, int] | None = None):
         """``hidden_states``: ``[(b f), n, c]`` -> ``[(b f), n, c]``."""
         q = attn.to_q(hidden_states)
         k = sparse_causal_kv(attn.to_k(hidden_states), num_frames)
@@ -72,7 +77,7 @@ class FirstFrameAttnProcessor:
     """Self-attention where every frame attends to frame 0 of its clip (Video-P2P's ``FrameAttention``)."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 num_frames: int = 1):
+                 num_frames: int = 1, frame_size: tuple[int, int] | None = None):
         """``hidden_states``: ``[(b f), n, c]`` -> ``[(b f), n, c]``."""
         q = attn.to_q(hidden_states)
         k = first_frame_kv(attn.to_k(hidden_states), num_frames)
@@ -100,3 +105,91 @@ class PlainAttnProcessor:
         """``hidden_states``: ``[B, n, c]``, ``encoder_hidden_states``: ``[B, m, d]`` or None -> ``[B, n, c]``."""
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         return _attend(attn, attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context))
+
+
+def other_frames_index(num_frames: int, device=None) -> torch.Tensor:
+    """``[f, f-1]``: for each frame, the indices of every other frame in order."""
+    idx = torch.arange(num_frames, device=device)
+    return torch.stack([torch.cat([idx[:i], idx[i + 1:]]) for i in range(num_frames)]) if num_frames > 1 else \
+        idx.new_zeros(1, 0)
+
+
+def coarse_tokens(x: torch.Tensor, num_frames: int, frame_size: tuple[int, int], pool: int) -> torch.Tensor:
+    """Average-pool each frame's token grid: ``[(b f), h*w, c] -> [b, f, (h/p)*(w/p), c]``.
+
+    Pooling commutes with the (affine) key/value projections, so pooling projected keys equals projecting pooled
+    patches."""
+    h, w = frame_size
+    grid = rearrange(x, "(b f) (h w) c -> (b f) c h w", f=num_frames, h=h, w=w)
+    pooled = F.avg_pool2d(grid, pool)
+    return rearrange(pooled, "(b f) c h w -> b f (h w) c", f=num_frames)
+
+
+def fine_coarse_kv(x: torch.Tensor, num_frames: int, frame_size: tuple[int, int], pool: int) -> torch.Tensor:
+    """Keys or values of FFAM: own frame's fine tokens, then every other frame's pooled tokens.
+
+    ``[(b f), n, c] -> [(b f), n + (f-1) n/p^2, c]``."""
+    if num_frames == 1:
+        return x
+    coarse = coarse_tokens(x, num_frames, frame_size, pool)  # [b, f, m, c]
+    others = coarse[:, other_frames_index(num_frames, x.device)]  # [b, f, f-1, m, c]
+    others = rearrange(others, "b f g m c -> (b f) (g m) c")
+    return torch.cat([x, others], dim=1)
+
+
+class FineCoarseAttnProcessor:
+    """EI² FFAM (Sec. 3, Fig. 2(c)): each patch attends to the fine patches of its own frame and to the
+    ``pool_size x pool_size`` average-pooled patches of all other frames. On one frame it is plain self-attention.
+
+    ``frame_size`` (the token grid ``(h, w)`` of this UNet level) is passed by the inflated transformer block.
+    """
+
+    def __init__(self, pool_size: int = 4):
+        if int(pool_size) != pool_size or pool_size < 1:
+            raise ValueError(f"fine_coarse_pool={pool_size!r} must be an integer >= 1")
+        self.pool_size = int(pool_size)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 num_frames: int = 1, frame_size: tuple[int, int] | None = None):
+        """``hidden_states``: ``[(b f), h*w, c]`` -> ``[(b f), h*w, c]``."""
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        if num_frames > 1:
+            if frame_size is None:
+                raise ValueError("fine-coarse attention needs the frame's token grid (frame_size)")
+            h, w = frame_size
+            p = self.pool_size
+            if h % p or w % p:
+                raise ValueError(f"fine_coarse_pool={p} does not divide the {h}x{w} feature grid of one UNet level; "
+                                 f"choose a pool size that divides every level (latent size / 2^level), e.g. a "
+                                 f"power of two no larger than the smallest level")
+            k = fine_coarse_kv(k, num_frames, frame_size, p)
+            v = fine_coarse_kv(v, num_frames, frame_size, p)
+        return _attend(attn, q, k, v)
+
+
+class StamTemporalAttnProcessor:
+    """The attention of EI²'s STAM (Sec. 3): temporal attention over the frames at each position whose mapping is
+    normalised so that it does not shrink or inflate the variance of what it mixes.
+
+    Softmax attention averages values: for uncorrelated values of variance ``s^2`` the output of row ``i`` has variance
+    ``s^2 * sum_j A_ij^2 <= s^2``, a variance shift that depends on how peaked the attention is. Dividing each row by
+    its L2 norm, ``A_ij / ||A_i||_2``, keeps the output variance ``s^2`` whatever the attention (our reading of the
+    paper's "normalized mapping ... constraining the variance shift"; the paper's method text was not available to
+    us, see modules/ei2.py). Frame-to-frame maps are ``f x f``, so they are materialised.
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 num_frames: int = 1):
+        """``hidden_states``: ``[(b f), d, c]`` (``d`` spatial tokens) -> same shape."""
+        d = hidden_states.shape[1]
+        x = rearrange(hidden_states, "(b f) d c -> (b d) f c", f=num_frames)
+        h = attn.heads
+        q, k, v = (_heads(p(x), h) for p in (attn.to_q, attn.to_k, attn.to_v))
+        dtype = q.dtype
+        if attn.upcast_attention and dtype in (torch.float16, torch.bfloat16):
+            q, k, v = q.float(), k.float(), v.float()
+        probs = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)
+        mapping = probs / probs.norm(dim=-1, keepdim=True)
+        out = rearrange(mapping @ v, "b h n d -> b n (h d)").to(dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        return rearrange(out, "(b d) f c -> (b f) d c", d=d)

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_write
 from .convert import strip_ldm_prefix
-from .inflate import ATTENTION_VARIANTS, TEMPORAL_MARKER
+from .inflate import ATTENTION_VARIANTS, TEMPORAL_MARKER, TEMPORAL_VARIANTS
 from .video_model import TuneRecord, VideoModel
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ def delta_metadata(model: VideoModel) -> dict[str, str]:
         "base_model_hash": model.base_hash,
         "base_fingerprint": model.base_fingerprint,
         "attention": model.unet.attention,
+        "attention_options": json.dumps(getattr(model.unet, "attention_options", {}), sort_keys=True),
+        "temporal": getattr(model.unet, "temporal", "tune-a-video"),
         "prediction_type": model.schedule.prediction_type,
         "latent_scale": repr(model.latent_scale),
         "history": json.dumps([r.__dict__ for r in model.history]),
@@ -194,6 +196,7 @@ def load_delta(model: VideoModel, path: str | os.PathLike, check_base: bool = Tr
     if check_base and recorded_mm and own_mm and recorded_mm != own_mm:
         raise BaseMismatchError(f"{Path(path).name} was tuned with motion module {meta.get('motion_module')} "
                                 f"({recorded_mm}); this VIDEO_UNET uses {model.unet.info.name} ({own_mm})")
+    model = _with_recorded_layers(model, meta, Path(path).name)
     own = model.unet.state_dict()
     unknown = sorted(set(tensors) - set(own))
     if unknown:
@@ -205,16 +208,35 @@ def load_delta(model: VideoModel, path: str | os.PathLike, check_base: bool = Tr
                              f"{tuple(own[k].shape)} (made for another model size?)")
     if check_base:
         _check_base(model, meta, Path(path).name)
-    if attention != model.unet.attention:  # the file says how it was tuned: reload with that attention
-        if attention not in ATTENTION_VARIANTS:
-            raise ValueError(f"{Path(path).name} was tuned with attention {attention!r}, which this TuneVideo does "
-                             f"not know ({sorted(ATTENTION_VARIANTS)}); update the pack")
-        logger.info("%s: switching spatial attention %s -> %s as recorded", Path(path).name,
-                    model.unet.attention, attention)
-        model = model.replace(unet=model.unet.with_attention(attention))
     if len(tensors) == len(own):  # full reference checkpoint: keep only what differs from the base
         tensors = _changed_only(tensors, own, check_base, Path(path).name)
     return model.with_tensors(tensors, history=model.history + _history(meta))
+
+
+def _with_recorded_layers(model: VideoModel, meta: Mapping[str, str], name: str) -> VideoModel:
+    """The file says how it was tuned: spatial attention (+ options) and temporal layer. Files without the
+    ``temporal`` entry (older deltas, official checkpoints) were made with Tune-A-Video's temporal layer."""
+    unet = model.unet
+    attention = meta.get("attention", unet.attention)
+    try:
+        options = json.loads(meta.get("attention_options", "{}"))
+    except ValueError as e:
+        raise ValueError(f"{name}: metadata 'attention_options' is unreadable ({e})") from e
+    if (attention, options) != (unet.attention, unet.attention_options):
+        if attention not in ATTENTION_VARIANTS:
+            raise ValueError(f"{name} was tuned with attention {attention!r}, which this TuneVideo does "
+                             f"not know ({sorted(ATTENTION_VARIANTS)}); update the pack")
+        logger.info("%s: switching spatial attention %s -> %s %s as recorded", name, unet.attention, attention,
+                    options)
+        unet = unet.with_attention(attention, options)
+    temporal = meta.get("temporal", "tune-a-video")
+    if temporal != unet.temporal:
+        if temporal not in TEMPORAL_VARIANTS:
+            raise ValueError(f"{name} was tuned with temporal layer {temporal!r}, which this TuneVideo does not "
+                             f"know ({list(TEMPORAL_VARIANTS)}); update the pack")
+        logger.info("%s: switching temporal layer %s -> %s as recorded", name, unet.temporal, temporal)
+        unet = unet.with_temporal(temporal)
+    return model if unet is model.unet else model.replace(unet=unet)
 
 
 def _history(meta: Mapping[str, str]) -> tuple[TuneRecord, ...]:

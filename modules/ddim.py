@@ -72,8 +72,9 @@ def guided_output(model: ModelFn, x: torch.Tensor, t: int, cond: Cond, uncond: C
 @torch.no_grad()
 def sample(model: ModelFn, schedule: NoiseSchedule, x_t: torch.Tensor, cond: Cond,
            uncond: Cond | None = None, steps: int = 50, cfg: float = 12.5, eta: float = 0.0,
-           generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
-    """DDIM sampling from ``x_t`` (noise at ``ddim_timesteps(steps)[0]``) to clean latents ``[b, c, f, h, w]``.
+           generator: torch.Generator | None = None, callback: Callback | None = None,
+           start_step: int = 0) -> torch.Tensor:
+    """DDIM sampling from ``x_t`` (noise at ``ddim_timesteps(steps)[start_step]``) to clean latents ``[b,c,f,h,w]``.
 
     Args:
         cond, uncond: ``[b|1, n, d]`` positive / negative embeddings, or lists of ``(embeddings, strength)``
@@ -81,12 +82,16 @@ def sample(model: ModelFn, schedule: NoiseSchedule, x_t: torch.Tensor, cond: Con
             ``uncond`` may be None (no guidance).
         cfg: guidance scale (Tune-A-Video uses 12.5); 1 disables guidance.
         eta: DDIM stochasticity (0 = deterministic); noise drawn from ``generator``.
+        start_step: skip the first ``start_step`` timesteps of the ``steps``-step grid (SDEdit-style partial
+            denoising, Dreamix Sec. 3.1); ``x_t`` must then be at ``ddim_timesteps(steps)[start_step]``.
     """
     _check_latents(x_t)
     b = x_t.shape[0]
     cond = _entries(cond, b, "positive conditioning")
     uncond = None if uncond is None else _entries(uncond, b, "negative conditioning")
-    ts = schedule.ddim_timesteps(steps).tolist()
+    if not 0 <= start_step <= steps:
+        raise ValueError(f"start_step={start_step} must be in 0..{steps}")
+    ts = schedule.ddim_timesteps(steps).tolist()[start_step:]
     x = x_t.float()
     for i, t in enumerate(ts):
         t_to = ts[i + 1] if i + 1 < len(ts) else -1

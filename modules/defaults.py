@@ -70,3 +70,43 @@ class VideoP2PDefaults:
 
 
 VP2P = VideoP2PDefaults()
+
+
+@dataclass(frozen=True)
+class EI2Defaults:
+    """EI² (Zhang et al., NeurIPS 2023, arXiv 2305.17431). The paper builds on Tune-A-Video's one-shot tuning and
+    inference (Sec. 4: its settings follow Tune-A-Video), so those values are Tune-A-Video's. The method text with the
+    paper's own constants was not available to us: values marked "our choice" are ours (README, modules/ei2.py)."""
+
+    ffam_pool_size: int = 4  # our choice: divides every level of a 64x64 latent (512x512 frames) down to 8x8
+    temporal_layer: str = "ei2-stam"
+    attention: str = "ei2-ffam"
+    max_train_steps: int = 500  # Tune-A-Video's schedule (configs/man-skiing.yaml)
+    learning_rate: float = 3e-5
+    n_sample_frames: int = 8  # our choice for the workflow (fits 90 s on one H100 with the defaults)
+    num_inference_steps: int = 50
+    guidance_scale: float = 12.5
+
+
+EI2 = EI2Defaults()
+
+
+@dataclass(frozen=True)
+class DreamixDefaults:
+    """Dreamix (Molad et al., arXiv 2302.01329). The paper runs on Imagen-Video (cascaded pixel-space VDM) and gives
+    few numeric settings; values marked "our choice" are ours, exposed as node inputs (README)."""
+
+    image_ratio: float = 0.5  # our choice: Sec. 3.2 mixes video and frame batches with a weight alpha; equal share
+    learning_rate: float = 1e-5  # our choice: whole-model finetuning needs a lower rate than TAV's projections
+    max_train_steps: int = 300  # our choice
+    trainable: str = "dreamix-full"  # Sec. 3.2: the whole video model is finetuned
+    spatial_downsample: int = 4  # Sec. 3.1 corrupts by downsampling; factor in pixels, our choice for SD's 8x VAE
+    temporal_downsample: int = 1  # Sec. 3.1 also lowers the frame rate; off by default
+    noise_strength: float = 0.7  # noise scale s in [0, 1] (Sec. 3.1); Fig. 7 explores the range; our default
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5  # our choice (SD's usual cfg); the paper's VDM uses its own guidance
+    lora_rank: int = 16  # our choice for the LoRA preset
+    n_sample_frames: int = 8
+
+
+DREAMIX = DreamixDefaults()

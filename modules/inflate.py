@@ -30,8 +30,16 @@ from diffusers.models.resnet import ResnetBlock2D
 from einops import rearrange, repeat
 from torch import nn
 
-from .attention import FirstFrameAttnProcessor, PlainAttnProcessor, SparseCausalAttnProcessor, TemporalAttnProcessor
+from .attention import (
+    FineCoarseAttnProcessor,
+    FirstFrameAttnProcessor,
+    PlainAttnProcessor,
+    SparseCausalAttnProcessor,
+    StamTemporalAttnProcessor,
+    TemporalAttnProcessor,
+)
 from .convert import UnsupportedModelError
+from .ei2 import InstanceCentering, level_grid
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +52,21 @@ TEMPORAL_INIT_SEED = 33
 ATTENTION_VARIANTS = {
     "tune-a-video": SparseCausalAttnProcessor,  # first + previous frame (Tune-A-Video, Sec. 4.1)
     "video-p2p": FirstFrameAttnProcessor,  # first frame only (Video-P2P's FrameAttention)
+    "ei2-ffam": FineCoarseAttnProcessor,  # own frame fine + other frames pooled (EI² FFAM); option pool_size
 }
+
+#: Temporal layers (``norm_temp`` + ``attn_temp`` processor): Tune-A-Video's LayerNorm + softmax attention, or EI²'s
+#: STAM (Instance Centering, no parameters, + normalised mapping; see :mod:`.ei2`).
+TEMPORAL_VARIANTS = ("tune-a-video", "ei2-stam")
+
+
+def attention_processor(attention: str, options: dict | None = None):
+    """A new ``attn1`` processor for variant ``attention`` with its ``options`` (e.g. ``{"pool_size": 4}``)."""
+    _check_variant(attention)
+    try:
+        return ATTENTION_VARIANTS[attention](**(options or {}))
+    except TypeError as e:
+        raise ValueError(f"attention {attention!r} does not take options {sorted(options or {})}") from e
 
 
 class FrameContext:
@@ -52,6 +74,8 @@ class FrameContext:
 
     def __init__(self) -> None:
         self.num_frames = 1
+        self.latent_size = (0, 0)  # (h, w) of the latent in the current forward (FFAM's token grids)
+        self.temporal = True  # False: temporal layers bypassed, frames are independent images (Dreamix)
 
 
 class FrameGroupNorm(nn.GroupNorm):
@@ -109,7 +133,8 @@ class VideoTransformerBlock(nn.Module):
     ``ff``) plus ``norm_temp`` and ``attn_temp``. Token layout: ``(b f) n c``.
     """
 
-    def __init__(self, block: BasicTransformerBlock, context: FrameContext, attention: str = "tune-a-video"):
+    def __init__(self, block: BasicTransformerBlock, context: FrameContext, attention: str = "tune-a-video",
+                 attention_options: dict | None = None, temporal: str = "tune-a-video"):
         super().__init__()
         norms = (block.norm1, block.norm2, block.norm3)
         if (block.norm_type != "layer_norm" or block.only_cross_attention or block.pos_embed is not None
@@ -120,7 +145,7 @@ class VideoTransformerBlock(nn.Module):
         self.norm1, self.attn1 = MixedLayerNorm(block.norm1), block.attn1
         self.norm2, self.attn2 = MixedLayerNorm(block.norm2), block.attn2
         self.norm3, self.ff = MixedLayerNorm(block.norm3), block.ff
-        self.attn1.set_processor(ATTENTION_VARIANTS[attention]())
+        self.attn1.set_processor(attention_processor(attention, attention_options))
         if self.attn2 is not None:
             self.attn2.set_processor(PlainAttnProcessor())
         dim, a1 = block.norm1.normalized_shape[0], block.attn1
@@ -134,15 +159,37 @@ class VideoTransformerBlock(nn.Module):
         nn.init.zeros_(self.attn_temp.to_out[0].bias)
         self.norm_temp = MixedLayerNorm(nn.LayerNorm(dim).to(device=param.device, dtype=param.dtype))
         self.context = context
+        if temporal != "tune-a-video":
+            self.set_temporal(temporal)
+
+    def set_temporal(self, temporal: str) -> None:
+        """Make the temporal layer Tune-A-Video's (LayerNorm + softmax) or EI²'s STAM (Instance Centering +
+        normalised mapping). ``attn_temp``'s weights are kept; a new LayerNorm starts at identity (ones, zeros)."""
+        if temporal == "ei2-stam":
+            self.norm_temp = InstanceCentering(self.context)
+            self.attn_temp.set_processor(StamTemporalAttnProcessor())
+        elif temporal == "tune-a-video":
+            if not isinstance(self.norm_temp, nn.LayerNorm):
+                w = self.attn_temp.to_q.weight
+                fresh = nn.LayerNorm(w.shape[1]).to(device=w.device, dtype=w.dtype)
+                for p in fresh.parameters():
+                    p.requires_grad_(False)
+                self.norm_temp = MixedLayerNorm(fresh)
+            self.attn_temp.set_processor(TemporalAttnProcessor())
+        else:
+            raise ValueError(f"temporal={temporal!r}; expected one of {list(TEMPORAL_VARIANTS)}")
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 timestep=None, cross_attention_kwargs=None, class_labels=None, added_cond_kwargs=None):
         """``hidden_states``: ``[(b f), n, c]``; ``encoder_hidden_states``: ``[(b f), m, d]``."""
         f = self.context.num_frames
-        h = self.attn1(self.norm1(hidden_states), num_frames=f) + hidden_states
+        grid = level_grid(self.context.latent_size, hidden_states.shape[1]) if f > 1 else None
+        h = self.attn1(self.norm1(hidden_states), num_frames=f, frame_size=grid) + hidden_states
         if self.attn2 is not None:
             h = self.attn2(self.norm2(h), encoder_hidden_states=encoder_hidden_states, num_frames=f) + h
         h = self.ff(self.norm3(h)) + h
+        if not self.context.temporal:  # frames as independent images (Dreamix's masked temporal attention)
+            return h
         return self.attn_temp(self.norm_temp(h), num_frames=f) + h
 
 
@@ -166,13 +213,16 @@ class VideoUNet(nn.Module):
     ``UNet3DConditionModel`` keys (``down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight``...).
     """
 
-    def __init__(self, core: UNet2DConditionModel, context: FrameContext, attention: str = "tune-a-video"):
+    def __init__(self, core: UNet2DConditionModel, context: FrameContext, attention: str = "tune-a-video",
+                 attention_options: dict | None = None, temporal: str = "tune-a-video"):
         super().__init__()
         for name, child in core.named_children():
             self.add_module(name, child)
         object.__setattr__(self, "_core", core)  # not a child: its children are ours already
         self.context = context
         self.attention = attention  # key of ATTENTION_VARIANTS used by every attn1
+        self.attention_options = dict(attention_options or {})  # its options (FFAM: pool_size)
+        self.temporal = temporal  # one of TEMPORAL_VARIANTS
 
     @property
     def config(self):
@@ -196,7 +246,10 @@ class VideoUNet(nn.Module):
     def disable_gradient_checkpointing(self) -> None:
         self._core.disable_gradient_checkpointing()
 
-    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+                temporal: bool = True) -> torch.Tensor:
+        """``temporal=False`` bypasses every temporal layer (Dreamix's frame batches); pass frames as the batch with
+        ``f = 1`` so that the spatial layers see independent images too (:func:`~.dreamix.as_image_batch`)."""
         if sample.dim() != 5:
             raise ValueError(f"sample must be [b,c,f,h,w], got shape {tuple(sample.shape)}")
         b, _, f, _, _ = sample.shape
@@ -206,6 +259,8 @@ class VideoUNet(nn.Module):
         t = repeat(t.reshape(-1).expand(b), "b -> (b f)", f=f)
         context = repeat(encoder_hidden_states, "b n d -> (b f) n d", f=f)
         self.context.num_frames = f  # left set: gradient checkpointing recomputes during backward
+        self.context.latent_size = tuple(sample.shape[-2:])
+        self.context.temporal = bool(temporal)
         out = self._core(rearrange(sample, "b c f h w -> (b f) c h w"), t, context, return_dict=False)[0]
         return rearrange(out, "(b f) c h w -> b c f h w", b=b)
 
@@ -229,18 +284,31 @@ class VideoUNet(nn.Module):
         context = FrameContext()
         with torch.inference_mode(False):
             retarget(core, device, dtype, context)
-        video = VideoUNet(core, context, self.attention)
+        video = VideoUNet(core, context, self.attention, self.attention_options, self.temporal)
         video.train(self.training)
         return video
 
-    def with_attention(self, attention: str) -> VideoUNet:
-        """A clone (weights shared) whose spatial self-attention is ``attention`` (a key of ATTENTION_VARIANTS)."""
-        _check_variant(attention)
+    def with_attention(self, attention: str, options: dict | None = None) -> VideoUNet:
+        """A clone (weights shared) whose spatial self-attention is ``attention`` (a key of ATTENTION_VARIANTS) with
+        ``options`` (FFAM: ``{"pool_size": p}``)."""
+        attention_processor(attention, options)  # validates
         video = self.clone()
         for block in video.modules():
             if isinstance(block, VideoTransformerBlock):
-                block.attn1.set_processor(ATTENTION_VARIANTS[attention]())
-        video.attention = attention
+                block.attn1.set_processor(attention_processor(attention, options))
+        video.attention, video.attention_options = attention, dict(options or {})
+        return video
+
+    def with_temporal(self, temporal: str) -> VideoUNet:
+        """A clone (weights shared) whose temporal layers are ``temporal`` (one of TEMPORAL_VARIANTS). Switching to
+        STAM drops ``norm_temp``'s tensors; switching back gives a fresh identity LayerNorm."""
+        if temporal not in TEMPORAL_VARIANTS:
+            raise ValueError(f"temporal={temporal!r}; expected one of {list(TEMPORAL_VARIANTS)}")
+        video = self.clone()
+        for block in video.modules():
+            if isinstance(block, VideoTransformerBlock):
+                block.set_temporal(temporal)
+        video.temporal = temporal
         return video
 
 
@@ -292,11 +360,14 @@ def _check_variant(attention: str) -> None:
 
 
 def inflate_unet(unet2d: UNet2DConditionModel, init_seed: int = TEMPORAL_INIT_SEED,
-                 attention: str = "tune-a-video") -> VideoUNet:
+                 attention: str = "tune-a-video", attention_options: dict | None = None,
+                 temporal: str = "tune-a-video") -> VideoUNet:
     """Inflate a diffusers SD1.x/SD2.x UNet into a Tune-A-Video space-time :class:`VideoUNet`.
 
     ``attention`` picks the spatial self-attention (:data:`ATTENTION_VARIANTS`): ``tune-a-video`` (sparse-causal) or
-    ``video-p2p`` (first frame only); both share every weight and the temporal layers.
+    ``video-p2p`` (first frame only) or ``ei2-ffam`` (fine-coarse, ``attention_options={"pool_size": p}``); all share
+    every weight and the temporal layers. ``temporal`` picks the temporal layer (:data:`TEMPORAL_VARIANTS`):
+    Tune-A-Video's or EI²'s STAM (no ``norm_temp`` tensors).
 
     ``unet2d`` is left bit-identical and keeps its own processors; its weights are shared with the result.
     The added temporal layers are created on ``unet2d``'s device and dtype. Their random initialisation
@@ -304,13 +375,16 @@ def inflate_unet(unet2d: UNet2DConditionModel, init_seed: int = TEMPORAL_INIT_SE
     same base gives the same model whatever used the global RNG before; the global RNG state is left untouched.
     """
     _check_inflatable(unet2d)
-    _check_variant(attention)
+    attention_processor(attention, attention_options)
+    if temporal not in TEMPORAL_VARIANTS:
+        raise ValueError(f"temporal={temporal!r}; expected one of {list(TEMPORAL_VARIANTS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        return _inflate(unet2d, attention)
+        return _inflate(unet2d, attention, attention_options, temporal)
 
 
-def _inflate(unet2d: UNet2DConditionModel, attention: str) -> VideoUNet:
+def _inflate(unet2d: UNet2DConditionModel, attention: str, attention_options: dict | None = None,
+             temporal: str = "tune-a-video") -> VideoUNet:
     core = share_clone(unet2d)
     context = FrameContext()
     for module in list(core.modules()):
@@ -324,9 +398,9 @@ def _inflate(unet2d: UNet2DConditionModel, attention: str) -> VideoUNet:
             if isinstance(getattr(module, "norm", None), nn.GroupNorm):
                 module.norm = FrameGroupNorm(module.norm, context, pool_frames=False)
             for i, block in enumerate(blocks):
-                blocks[i] = VideoTransformerBlock(block, context, attention)
+                blocks[i] = VideoTransformerBlock(block, context, attention, attention_options, temporal)
     core.conv_norm_out = FrameGroupNorm(core.conv_norm_out, context)
-    video = VideoUNet(core, context, attention).eval()
+    video = VideoUNet(core, context, attention, attention_options, temporal).eval()
     for p in video.temporal_parameters().values():  # shared 2D parameters keep their flags
         p.requires_grad_(False)
     return video

@@ -22,15 +22,17 @@ from .video_model import VideoModel
 
 def video_model_from_ldm(state_dict: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any],
                          schedule: NoiseSchedule, latent_scale: float = SD_LATENT_SCALE,
-                         dtype: torch.dtype | None = None, attention: str = "tune-a-video") -> VideoModel:
+                         dtype: torch.dtype | None = None, attention: str = "tune-a-video",
+                         attention_options: dict | None = None, temporal: str = "tune-a-video") -> VideoModel:
     """LDM UNet weights (+ ComfyUI ``unet_config``) -> inflated :class:`VideoModel` (``attention``: see
-    :data:`~.inflate.ATTENTION_VARIANTS`).
+    :data:`~.inflate.ATTENTION_VARIANTS`, with ``attention_options``; ``temporal``:
+    :data:`~.inflate.TEMPORAL_VARIANTS`).
 
     The converted UNet's tensors are the ones in ``state_dict`` (no copy unless ``dtype`` differs).
     """
     unet2d = unet_from_ldm(state_dict, unet_config, dtype=dtype)
-    return VideoModel(unet=inflate_unet(unet2d, attention=attention), schedule=schedule, latent_scale=latent_scale,
-                      **base_identity(state_dict))
+    unet = inflate_unet(unet2d, attention=attention, attention_options=attention_options, temporal=temporal)
+    return VideoModel(unet=unet, schedule=schedule, latent_scale=latent_scale, **base_identity(state_dict))
 
 
 def video_model_with_motion(state_dict: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any],

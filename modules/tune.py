@@ -6,6 +6,10 @@ cross-attention query projections and the temporal attention (``attn1.to_q``, ``
 Everything else stays frozen and shared with the input model. Presets: the paper's set in every block, or what the
 reference code effectively trains (mid + up blocks, see :mod:`.defaults`).
 
+Dreamix's mixed video-image finetuning (Sec. 3.2) is the same loop with ``image_ratio > 0``: each step is, with that
+probability, a batch of the clip's frames as independent images with the temporal layers bypassed
+(:mod:`.dreamix`); ``lora_rank > 0`` trains LoRA adapters on the chosen linear layers and merges them at the end.
+
 The clip is encoded once and the loss uses that latent (the VAE posterior mean, which is also what ComfyUI's VAE
 Encode returns); the reference draws a new posterior sample every step.
 
@@ -25,7 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from .defaults import TAV, TUNE_A_VIDEO_REFERENCE_TRAINABLE
+from .dreamix import DREAMIX_PRESETS, as_image_batch, check_unit, mix_schedule
 from .inflate import VideoUNet, own_parameter
+from .lora_train import add_lora, merged_weights
 from .schedule import NoiseSchedule
 from .video_model import TuneRecord, VideoModel
 
@@ -33,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: Trainable-module presets: the paper's intent (every transformer block) and the reference code's effective
 #: behaviour (mid + up blocks only; no backward through the down blocks, see defaults.py).
-PRESETS = {"tune-a-video": TAV.trainable_modules, "tune-a-video-reference": TUNE_A_VIDEO_REFERENCE_TRAINABLE}
+PRESETS = {"tune-a-video": TAV.trainable_modules, "tune-a-video-reference": TUNE_A_VIDEO_REFERENCE_TRAINABLE,
+           **DREAMIX_PRESETS}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -53,6 +60,8 @@ class TuneConfig:
     adam_epsilon: float = TAV.adam_epsilon
     max_grad_norm: float = TAV.max_grad_norm
     method: str = "tune-a-video"
+    image_ratio: float = 0.0  # Dreamix: probability that a step is a frame batch (temporal layers bypassed)
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the trainable linear layers, merged at the end
 
     def __post_init__(self):
         if self.steps < 1:
@@ -65,6 +74,9 @@ class TuneConfig:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}; expected one of {PRECISIONS}")
         if not self.trainable:
             raise ValueError("trainable is empty: name at least one module pattern (e.g. 'attn_temp')")
+        check_unit(self.image_ratio, "image_ratio")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank={self.lora_rank} must be >= 0")
 
 
 def parse_patterns(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -109,28 +121,36 @@ def _precision(requested: str, device: torch.device) -> torch.dtype | None:
 
 
 def denoising_loss(unet: VideoUNet, schedule: NoiseSchedule, x0: torch.Tensor, context: torch.Tensor,
-                   t: torch.Tensor, noise: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+                   t: torch.Tensor, noise: torch.Tensor, autocast_dtype: torch.dtype | None = None,
+                   temporal: bool = True) -> torch.Tensor:
     """Mean squared error between the model output and its target (``eps`` or ``v``) at timesteps ``t`` ``[b]``.
 
-    ``x0``: ``[b,c,f,h,w]`` scaled latents; ``context``: ``[b,n,d]``; ``noise`` like ``x0``.
+    ``x0``: ``[b,c,f,h,w]`` scaled latents; ``context``: ``[b,n,d]``; ``noise`` like ``x0``. ``temporal=False``
+    bypasses the temporal layers (Dreamix frame batches; pass frames as the batch, :func:`~.dreamix.as_image_batch`).
     """
     x_t = schedule.add_noise(x0, noise, t)
     target = schedule.training_target(x0, noise, t)
     dev = x0.device
     ctx = torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with ctx:
-        pred = unet(x_t.to(unet.dtype), t, context.to(unet.dtype))
+        kw = {} if temporal else {"temporal": False}  # bases without the switch still train on videos
+        pred = unet(x_t.to(unet.dtype), t, context.to(unet.dtype), **kw)
     return F.mse_loss(pred.float(), target.float())
 
 
-def _prepare_unet(model: VideoModel, names: list[str], device: torch.device, amp: torch.dtype | None) -> VideoUNet:
+def _prepare_unet(model: VideoModel, names: list[str], device: torch.device, amp: torch.dtype | None,
+                  lora_rank: int = 0) -> tuple[VideoUNet, list[torch.nn.Parameter]]:
+    """A clone to train and its trainable parameters (the named ones, or LoRA adapters over them)."""
     # Without autocast the UNet must compute in fp32 (CPU half precision is slow and inaccurate): copy if needed.
     dtype = torch.float32 if amp is None else None
     unet = model.unet.clone(device=device, dtype=dtype)
+    if lora_rank:
+        return unet, add_lora(unet, names, lora_rank)
     params = dict(unet.named_parameters())
     for name in names:  # trainable tensors get their own fp32 master copy: the input model keeps its values
         own_parameter(unet, name, params[name].detach().float().clone(), requires_grad=True)
-    return unet
+    params = dict(unet.named_parameters())
+    return unet, [params[n] for n in names]
 
 
 def tune(model: VideoModel, latents: torch.Tensor, context: torch.Tensor, config: TuneConfig = TuneConfig(),
@@ -153,10 +173,13 @@ def tune(model: VideoModel, latents: torch.Tensor, context: torch.Tensor, config
     amp = _precision(config.mixed_precision, device)
     with torch.inference_mode(False), torch.enable_grad():
         names = select_trainable(model.unet, config.trainable)
-        unet = _prepare_unet(model, names, device, amp)
-        losses = _train_loop(unet, model.schedule, latents, context, names, config, device, amp, callback)
-        params = dict(unet.named_parameters())
-        trained = {name: params[name].detach() for name in names}
+        unet, params = _prepare_unet(model, names, device, amp, config.lora_rank)
+        losses = _train_loop(unet, model.schedule, latents, context, params, config, device, amp, callback)
+        if config.lora_rank:
+            trained = merged_weights(unet)
+        else:
+            by_name = dict(unet.named_parameters())
+            trained = {name: by_name[name].detach() for name in names}
     curve = losses.cpu().tolist()
     _, _, f, h, w = latents.shape
     record = TuneRecord(method=config.method, trainable=tuple(config.trainable), steps=config.steps,
@@ -167,8 +190,7 @@ def tune(model: VideoModel, latents: torch.Tensor, context: torch.Tensor, config
     return model.with_tensors(trained, history=model.history + (record,)), curve
 
 
-def _train_loop(unet, schedule, latents, context, names, config, device, amp, callback) -> torch.Tensor:
-    params = [p for n, p in unet.named_parameters() if n in set(names)]
+def _train_loop(unet, schedule, latents, context, params, config, device, amp, callback) -> torch.Tensor:
     logger.info("tuning %d tensors (%.2fM values), %d steps", len(params), sum(p.numel() for p in params) / 1e6,
                 config.steps)
     x0 = latents.detach().to(device=device, dtype=torch.float32).clone()
@@ -183,17 +205,21 @@ def _train_loop(unet, schedule, latents, context, names, config, device, amp, ca
         unet.enable_gradient_checkpointing()
     unet.train()
     losses = torch.zeros(config.steps, device=device)
+    frames_only = mix_schedule(config.steps, config.image_ratio, config.seed).tolist()
+    images, image_ctx = as_image_batch(x0, ctx)
     for step in range(config.steps):
-        noise = torch.randn(x0.shape, generator=gen, device=device)
-        t = torch.randint(0, schedule.num_train_timesteps, (config.batch_size,), generator=gen, device=device)
-        loss = denoising_loss(unet, schedule, x0, ctx, t, noise, amp)
+        xs, cs = (images, image_ctx) if frames_only[step] else (x0, ctx)
+        noise = torch.randn(xs.shape, generator=gen, device=device)
+        t = torch.randint(0, schedule.num_train_timesteps, (xs.shape[0],), generator=gen, device=device)
+        loss = denoising_loss(unet, schedule, xs, cs, t, noise, amp, temporal=not frames_only[step])
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        scaler.step(opt)
-        scaler.update()
+        if loss.requires_grad:  # a frame batch gives no gradient when only temporal layers train
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            scaler.step(opt)
+            scaler.update()
         losses[step] = loss.detach()
         if callback is not None:
-            callback(step + 1, config.steps, {"loss": losses[step]})
+            callback(step + 1, config.steps, {"loss": losses[step], "frames_only": frames_only[step]})
     return losses

@@ -75,8 +75,9 @@ class VideoModel:
 
     def delta_names(self) -> list[str]:
         """Names saved in a delta checkpoint: every tensor the base model lacks (inflation's temporal layers) and every
-        tuned tensor."""
-        return sorted(set(self.unet.added_parameters()) | set(self.tuned_names))
+        tuned tensor that the UNet still has (switching to EI²'s STAM drops ``norm_temp``)."""
+        present = set(self.unet.state_dict())
+        return sorted((set(self.unet.added_parameters()) | set(self.tuned_names)) & present)
 
     def model_fn(self, device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None):
         """``fn(x [b,c,f,h,w] fp32, t, context) -> out fp32`` running the UNet in its dtype on ``device``."""

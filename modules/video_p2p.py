@@ -176,6 +176,9 @@ class ControlledTemporalAttnProcessor:
 
 def controlled_unet(unet: VideoUNet, controller: AttentionController) -> VideoUNet:
     """A clone of ``unet`` (weights shared) whose ``attn2`` and ``attn_temp`` report to ``controller``."""
+    if getattr(unet, "temporal", "tune-a-video") != "tune-a-video":
+        raise ValueError(f"Video-P2P controls Tune-A-Video's temporal attention; this VIDEO_UNET uses "
+                         f"{unet.temporal!r} temporal layers (inflate with temporal_layer tune-a-video)")
     video = unet.clone()
     for name, module in video.named_modules():
         if isinstance(module, VideoTransformerBlock):

@@ -2,6 +2,13 @@
 
 from . import host
 from .animatediff import AnimateDiffVideoUNet
+from .dreamix import (
+    DreamixCorruptedSample,
+    DreamixCorruptVideo,
+    DreamixFinetune,
+    ImageToCoarseVideo,
+    StackSubjectImages,
+)
 from .evaluate import CLIPVideoScore, LoadCLIPScoreModel
 from .inflate import InflateUNetTemporal
 from .motion_director import (
@@ -37,6 +44,11 @@ NODE_CLASS_MAPPINGS = {
     "MotionNoisePrior": MotionNoisePrior,
     "LoadCLIPScoreModel": LoadCLIPScoreModel,
     "CLIPVideoScore": CLIPVideoScore,
+    "DreamixFinetune": DreamixFinetune,
+    "DreamixCorruptVideo": DreamixCorruptVideo,
+    "DreamixCorruptedSample": DreamixCorruptedSample,
+    "ImageToCoarseVideo": ImageToCoarseVideo,
+    "StackSubjectImages": StackSubjectImages,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -57,4 +69,9 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "MotionNoisePrior": "Motion Noise Prior (MotionDirector)",
     "LoadCLIPScoreModel": "Load CLIP Score Model (TuneVideo)",
     "CLIPVideoScore": "CLIP Video Score (frame consistency, text alignment)",
+    "DreamixFinetune": "Dreamix Finetune (mixed video/frames)",
+    "DreamixCorruptVideo": "Dreamix Corrupt Video",
+    "DreamixCorruptedSample": "Dreamix Corrupted Sample",
+    "ImageToCoarseVideo": "Image To Coarse Video (Dreamix)",
+    "StackSubjectImages": "Stack Subject Images (Dreamix)",
 }

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..modules.inflate import ATTENTION_VARIANTS
+from ..modules.defaults import EI2
+from ..modules.inflate import ATTENTION_VARIANTS, TEMPORAL_VARIANTS
 from ..modules.pipeline import video_model_from_ldm
 from . import host
 from .boundary import VIDEO_UNET, compute_dtype, model_parts
@@ -29,15 +30,28 @@ class InflateUNetTemporal:
             "attention": (list(ATTENTION_VARIANTS), {"default": "tune-a-video",
                           "tooltip": "Spatial self-attention across frames. tune-a-video: each frame attends to "
                                      "the first and the previous frame (sparse-causal). video-p2p: each frame "
-                                     "attends to the first frame only (Video-P2P). Saved deltas record it and "
-                                     "reload with it."}),
+                                     "attends to the first frame only (Video-P2P). ei2-ffam: each patch attends "
+                                     "to its own frame's patches and to pooled patches of every other frame "
+                                     "(EI² FFAM). Saved deltas record it and reload with it."}),
+            "temporal_layer": (list(TEMPORAL_VARIANTS), {"default": "tune-a-video",
+                               "tooltip": "Temporal layer added to every transformer block. tune-a-video: LayerNorm "
+                                          "+ temporal attention. ei2-stam: EI²'s shift-restricted temporal "
+                                          "attention (Instance Centering + normalised mapping), which moves the "
+                                          "features' statistics less when tuned. Saved deltas record it."}),
+            "fine_coarse_pool": ("INT", {"default": EI2.ffam_pool_size, "min": 1, "max": 64,
+                                         "tooltip": "ei2-ffam only: side of the square of patches averaged into "
+                                                    "one coarse patch of the other frames. Must divide the "
+                                                    "latent's size at every UNet level (4 fits 512x512)."}),
         }}
 
-    def inflate(self, model, attention="tune-a-video"):
+    def inflate(self, model, attention="tune-a-video", temporal_layer="tune-a-video",
+                fine_coarse_pool=EI2.ffam_pool_size):
         host.apply_patches(model)
+        options = {"pool_size": fine_coarse_pool} if attention == "ei2-ffam" else {}
         state_dict, unet_config, schedule, scale = model_parts(model)
         video = video_model_from_ldm(state_dict, unet_config, schedule, scale,
-                                     dtype=compute_dtype(state_dict, model.model), attention=attention)
+                                     dtype=compute_dtype(state_dict, model.model), attention=attention,
+                                     attention_options=options, temporal=temporal_layer)
         parked = host.offload_device()
         if any(p.device != parked for p in video.unet.parameters()):  # (partly) on the GPU: park our copy
             video = video.replace(unet=video.unet.clone(device=parked))

@@ -30,11 +30,13 @@ CORE = {
     "LatentBatch": ({"samples1": ("LATENT",), "samples2": ("LATENT",)}, {}, ["LATENT"]),
     "EmptyLatentImage": ({"width": ("INT", {"min": 16, "max": 16384}), "height": ("INT", {"min": 16, "max": 16384}),
                           "batch_size": ("INT", {"min": 1, "max": 4096})}, {}, ["LATENT"]),
+    "LoadImage": ({"image": ("COMBO",)}, {}, ["IMAGE", "MASK"]),
 }
 DYNAMIC_COMBOS = {("LoadVideoClip", "video"), ("LoadTunedVideoUNet", "weights"),
                   ("CheckpointLoaderSimple", "ckpt_name"), ("AnimateDiffVideoUNet", "motion_module"),
                   ("LoadVideoLoRA", "lora_name")}
 DYNAMIC_COMBOS |= {("LoadCLIPScoreModel", "model")}
+DYNAMIC_COMBOS |= {("LoadImage", "image")}
 
 
 def node_def(cls):

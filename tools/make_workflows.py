@@ -27,6 +27,7 @@ CORE = {
     "PreviewImage": ([], [("images", "IMAGE")], []),
     "LatentBatch": ([], [("samples1", "LATENT"), ("samples2", "LATENT")], [("LATENT", "LATENT")]),
     "EmptyLatentImage": ([("width", "INT"), ("height", "INT"), ("batch_size", "INT")], [], [("LATENT", "LATENT")]),
+    "LoadImage": ([("image", "COMBO"), ("upload", "UPLOAD")], [], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
 }
 SEED_NAMES = {"seed", "noise_seed"}
 UPLOAD_KEYS = ("image_upload", "video_upload")  # the frontend adds an "upload" widget, serialised last as "image"
@@ -65,7 +66,8 @@ def tune_a_video_graph():
         4: ("CLIPTextEncode", "Source prompt", {"text": "a man is skiing"}, {"clip": (1, 1)}),
         5: ("CLIPTextEncode", "Empty prompt (inversion + negative)", {"text": ""}, {"clip": (1, 1)}),
         6: ("CLIPTextEncode", "Edited prompt", {"text": "mickey mouse is skiing on the snow"}, {"clip": (1, 1)}),
-        7: ("InflateUNetTemporal", None, {"attention": "tune-a-video"}, {"model": (1, 0)}),
+        7: ("InflateUNetTemporal", None, {"attention": "tune-a-video", "temporal_layer": "tune-a-video",
+                                          "fine_coarse_pool": 4}, {"model": (1, 0)}),
         8: ("OneShotTune", None,
             {"steps": 500, "learning_rate": 3e-5, "seed": 33, "trainable": "tune-a-video-reference",
              "custom_patterns": "attn1.to_q, attn2.to_q, attn_temp", "batch_size": 1,
@@ -104,7 +106,8 @@ def video_p2p_graph():
              "stride": VP2P.sample_frame_rate, "width": VP2P.width, "height": VP2P.height}, {}),
         3: ("VAEEncode", None, {}, {"pixels": (2, 0), "vae": (1, 2)}),
         4: ("CLIPTextEncode", "Source prompt (tuning)", {"text": VP2P.source_prompt}, {"clip": (1, 1)}),
-        5: ("InflateUNetTemporal", "Inflate (Video-P2P attention)", {"attention": "video-p2p"}, {"model": (1, 0)}),
+        5: ("InflateUNetTemporal", "Inflate (Video-P2P attention)",
+            {"attention": "video-p2p", "temporal_layer": "tune-a-video", "fine_coarse_pool": 4}, {"model": (1, 0)}),
         6: ("OneShotTune", None,
             {"steps": VP2P.max_train_steps, "learning_rate": VP2P.learning_rate, "seed": 33,
              "trainable": "tune-a-video-reference", "custom_patterns": "attn1.to_q, attn2.to_q, attn_temp",
@@ -360,6 +363,108 @@ EVAL_NOTE = ("CLIP metrics as the papers report them (Tune-A-Video Sec. 5): fram
 
 EVAL_POS = {1: (0, 0), 2: (0, 260), 3: (0, 520), 4: (440, 0), 5: (880, 0)}
 WORKFLOWS["evaluate"] = (evaluate_graph, EVAL_NOTE, EVAL_POS)
+def _dreamix_tail(clip_node, latent_node, frames_node, edit_text, prefix, fps_link):
+    """Inflate -> Dreamix Finetune -> corrupt + encode -> corrupted sample -> decode/save (node ids 5..16)."""
+    from tunevideo.modules.defaults import DREAMIX as D
+
+    save = {"filename_prefix": f"tunevideo/{prefix}", "fps": 8.0, "lossless": False, "quality": 90,
+            "method": "default"}
+    return {
+        5: ("CLIPTextEncode", "Edit prompt", {"text": edit_text}, {"clip": (1, 1)}),
+        6: ("CLIPTextEncode", "Negative prompt", {"text": ""}, {"clip": (1, 1)}),
+        7: ("InflateUNetTemporal", None, {"attention": "tune-a-video", "temporal_layer": "tune-a-video",
+                                          "fine_coarse_pool": 4}, {"model": (1, 0)}),
+        8: ("DreamixFinetune", None,
+            {"steps": D.max_train_steps, "learning_rate": D.learning_rate, "seed": 33, "image_ratio": D.image_ratio,
+             "trainable": D.trainable, "custom_patterns": "attn1, attn2, attn_temp", "lora_rank": D.lora_rank,
+             "gradient_checkpointing": True, "mixed_precision": "auto", "prompt_note": ""},
+            {"video_unet": (7, 0), "latent": (latent_node, 0), "positive": (clip_node, 0)}),
+        9: ("DreamixCorruptVideo", None, {"spatial_downsample": D.spatial_downsample,
+                                          "temporal_downsample": D.temporal_downsample}, {"images": (frames_node, 0)}),
+        10: ("VAEEncode", "Encode degraded video", {}, {"pixels": (9, 0), "vae": (1, 2)}),
+        11: ("DreamixCorruptedSample", None,
+             {"noise_strength": D.noise_strength, "steps": D.num_inference_steps, "cfg": D.guidance_scale,
+              "seed": 33}, {"video_unet": (8, 0), "positive": (5, 0), "negative": (6, 0), "latent": (10, 0)}),
+        12: ("VAEDecode", None, {}, {"samples": (11, 0), "vae": (1, 2)}),
+        13: ("SaveAnimatedWEBP", None, save, {"images": (12, 0), **fps_link}),
+        14: ("PreviewImage", "Finetuning loss", {}, {"images": (8, 1)}),
+        15: ("SaveTunedVideoUNet", None, {"filename_prefix": f"dreamix/{prefix}"}, {"video_unet": (8, 0)}),
+    }
+
+
+def dreamix_graph():
+    """Dreamix video editing (Sec. 3): mixed finetuning on the clip, then sampling from its degraded version."""
+    from tunevideo.modules.defaults import DREAMIX as D
+
+    return {
+        1: ("CheckpointLoaderSimple", "Load SD1.5 checkpoint", {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, {}),
+        2: ("LoadVideoClip", "Source video (8 frames, stride 2, 512x512)",
+            {"video": "car-turn.mp4", "start_frame": 0, "frame_count": D.n_sample_frames, "stride": 2,
+             "width": 512, "height": 512}, {}),
+        3: ("VAEEncode", None, {}, {"pixels": (2, 0), "vae": (1, 2)}),
+        4: ("CLIPTextEncode", "Prompt describing the clip", {"text": "a jeep car is moving on the road"},
+            {"clip": (1, 1)}),
+        **_dreamix_tail(4, 3, 2, "a jeep car is moving on the snow", "dreamix", {"fps": (2, 1)}),
+    }
+
+
+def dreamix_image_to_video_graph():
+    """Dreamix image animation (Sec. 4.2): one image -> coarse video by camera motion -> the same edit."""
+    from tunevideo.modules.defaults import DREAMIX as D
+
+    return {
+        1: ("CheckpointLoaderSimple", "Load SD1.5 checkpoint", {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, {}),
+        2: ("LoadImage", "Image to animate (512x512)", {"image": "example.png"}, {}),
+        16: ("ImageToCoarseVideo", None, {"frames": D.n_sample_frames, "camera_motion": "zoom-in",
+                                          "motion_amount": 0.25}, {"image": (2, 0)}),
+        3: ("VAEEncode", None, {}, {"pixels": (16, 0), "vae": (1, 2)}),
+        4: ("CLIPTextEncode", "Prompt describing the image", {"text": "a photo of a mountain lake"},
+            {"clip": (1, 1)}),
+        **_dreamix_tail(4, 3, 16, "a mountain lake, waves rippling, clouds moving", "dreamix_image_to_video", {}),
+    }
+
+
+def ei2_graph():
+    """EI²: the Tune-A-Video pipeline with STAM temporal layers and FFAM self-attention (8 frames)."""
+    from tunevideo.modules.defaults import EI2
+
+    graph = tune_a_video_graph()
+    clip = dict(graph[2][2], frame_count=EI2.n_sample_frames)
+    graph[2] = ("LoadVideoClip", "Source video (8 frames, stride 2, 512x512)", clip, {})
+    graph[7] = ("InflateUNetTemporal", "Inflate (EI²: FFAM + STAM)",
+                {"attention": EI2.attention, "temporal_layer": EI2.temporal_layer,
+                 "fine_coarse_pool": EI2.ffam_pool_size}, {"model": (1, 0)})
+    graph[8] = (graph[8][0], None, dict(graph[8][2], trainable="tune-a-video"), graph[8][3])
+    for nid, prefix in ((12, "tunevideo/ei2"), (14, "tunevideo/ei2"), (15, "ei2/man-skiing")):
+        graph[nid] = (graph[nid][0], graph[nid][1], dict(graph[nid][2], filename_prefix=prefix), graph[nid][3])
+    return graph
+
+
+DREAMIX_NOTE = ("Dreamix (Molad et al., 2023) on an inflated SD1.5 UNet. Put a clip in ComfyUI/input and an SD1.5 "
+                "checkpoint in models/checkpoints. The model is finetuned on the clip as a video and on its frames "
+                "as independent images (image_ratio of the steps, temporal layers off), then the clip is degraded "
+                "(downsampled x4), encoded, noised to strength s and denoised with the edit prompt. Higher strength "
+                "changes more (motion included), lower keeps more of the source. The paper used Imagen-Video and "
+                "gives few numbers: steps, learning rate, ratio and strength are our defaults (README).")
+I2V_NOTE = ("Dreamix image-to-video (Sec. 4.2): the image becomes a coarse video (replication + zoom/pan/"
+            "perspective), the model is finetuned on it (video + frames), and the degraded coarse video is "
+            "re-synthesised with the animation prompt. Subject-driven generation: Stack Subject Images -> VAE Encode "
+            "-> Dreamix Finetune with image_ratio 1, then Sample Video from an empty latent.")
+EI2_NOTE = ("EI² (Zhang et al., NeurIPS 2023): Tune-A-Video with shift-restricted temporal attention (STAM: Instance "
+            "Centering instead of LayerNorm, normalised attention mapping) and fine-coarse frame attention (FFAM: "
+            "each patch sees its own frame and 4x4-pooled patches of every other frame). 8 frames at 512x512, 500 "
+            "tuning steps at lr 3e-5 (Tune-A-Video's schedule), 50 DDIM inversion + 50 sampling steps, cfg 12.5. "
+            "The pooling size must divide the latent at every level (4 fits 512x512).")
+DREAMIX_POS = {1: (0, 0), 2: (0, 200), 16: (0, 520), 3: (440, 640), 4: (440, 0), 5: (440, 220), 6: (440, 440),
+               7: (880, 0), 8: (880, 170), 9: (880, 560), 10: (1320, 560), 11: (1320, 0), 12: (1760, 0),
+               13: (1760, 150), 14: (1320, 700), 15: (1760, 440)}
+WORKFLOWS_DREAMIX_EI2 = {"dreamix": (dreamix_graph, DREAMIX_NOTE, DREAMIX_POS),
+                         "dreamix_image_to_video": (dreamix_image_to_video_graph, I2V_NOTE, DREAMIX_POS),
+                         "ei2": (ei2_graph, EI2_NOTE, POS)}
+
+
+
+WORKFLOWS.update(WORKFLOWS_DREAMIX_EI2)
 
 if __name__ == "__main__":
     for wf_name, (make, text, layout) in WORKFLOWS.items():
