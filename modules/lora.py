@@ -138,6 +138,32 @@ def extract(unet: nn.Module, name: str, kind: str, metadata: Mapping[str, str] |
     return LoRAWeights(kind, base_kind(unet), layers, float(alpha), dict(metadata or {}))
 
 
+def add_lora(unet: nn.Module, weight_names: list[str], rank: int, name: str = "default") -> list[nn.Parameter]:
+    """LoRA on the ``nn.Linear`` layers owning ``weight_names`` (``...to_q.weight``) of ``unet`` (a private clone),
+    no dropout; returns the adapter's parameters, float32 and trainable (Dreamix's LoRA preset in the tuning loop)."""
+    if rank < 1:
+        raise ValueError(f"lora_rank={rank} must be >= 1")
+    modules = sorted({n.rsplit(".", 1)[0] for n in weight_names if n.endswith(".weight")})
+    linear = [m for m in modules if isinstance(unet.get_submodule(m), nn.Linear)]
+    if not linear:
+        raise ValueError("the LoRA preset found no linear layers among the trainable modules")
+    add_adapter(unet, name, "(" + "|".join(re.escape(m) for m in linear) + ")", rank, 0.0)
+    activate(unet, [name], [name])
+    params = adapter_parameters(unet, name)
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
+def merged_weights(unet: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
+    """``{"<module>.weight": W + delta}`` (float32 copies) for every layer carrying adapter ``name``."""
+    layers, out = lora_layers(unet), {}
+    for key, delta in extract(unet, name, "adapter").deltas().items():
+        base = layers[key[: -len(".weight")]].get_base_layer().weight.detach().float()
+        out[key] = base + delta.to(base.device)
+    return out
+
+
 def merge(model, lora: LoRAWeights, strength: float = 1.0, name: str = "LoRA"):
     """``model`` (a :class:`~.video_model.VideoModel`) with ``lora`` baked in at ``strength``: a new model whose
     changed weights are new tensors and whose other weights stay shared. Clear errors for a LoRA of another base."""

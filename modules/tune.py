@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .defaults import TAV, TUNE_A_VIDEO_REFERENCE_TRAINABLE
 from .dreamix import DREAMIX_PRESETS, as_image_batch, check_unit, mix_schedule
 from .inflate import VideoUNet, own_parameter
-from .lora_train import add_lora, merged_weights
+from .lora import add_lora, merged_weights
 from .schedule import NoiseSchedule
 from .video_model import TuneRecord, VideoModel
 
