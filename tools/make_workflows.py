@@ -282,9 +282,9 @@ MD_NOTE = ("MotionDirector (Zhao et al., 2023) on AnimateDiff. Put an SD1.5 chec
            "The motion LoRA is saved to models/animatediff_motion_lora, where AnimateDiff-Evolved's Load AnimateDiff "
            "LoRA finds it; the spatial LoRA to models/loras (core Load LoRA).")
 
-MD_POS = {1: (0, 0), 2: (0, 200), 3: (440, 560), 4: (440, 0), 5: (440, 200), 6: (440, 400), 7: (440, 700),
-          8: (880, 0), 9: (1320, 560), 10: (1320, 680), 11: (1320, 800), 12: (1760, 800), 13: (880, 560),
-          14: (1320, 420), 15: (1320, 0), 16: (1760, 0), 17: (1760, 120), 18: (1760, 440), 19: (2180, 440)}
+MD_POS = {1: (0, 0), 2: (0, 200), 4: (440, 0), 5: (440, 200), 6: (440, 400), 3: (440, 650), 7: (440, 770),
+          8: (880, 0), 13: (880, 560), 15: (1320, 0), 14: (1320, 300), 9: (1320, 560), 10: (1320, 690),
+          11: (1320, 820), 16: (1760, 0), 17: (1760, 120), 18: (1760, 440), 12: (1760, 820), 19: (2180, 440)}
 
 
 def motion_director_multi_graph():
@@ -326,9 +326,9 @@ MD_MULTI_NOTE = ("MotionDirector on several reference videos of one motion (conf
                  "edit samples the new prompt from fresh noise (noise prior 0, as the multi-video config), motion "
                  "LoRA only, 30 DDIM steps at cfg 12.")
 
-MD_MULTI_POS = {1: (0, 0), 2: (0, 200), 3: (0, 560), 4: (440, 560), 5: (440, 680), 6: (440, 800), 7: (440, 0),
-                8: (440, 200), 9: (440, 400), 10: (440, 920), 11: (880, 0), 12: (1320, 560), 13: (1320, 680),
-                14: (1320, 800), 15: (880, 560), 16: (1320, 0), 17: (1760, 0), 18: (1760, 120), 19: (1760, 440),
+MD_MULTI_POS = {1: (0, 0), 2: (0, 200), 3: (0, 560), 7: (440, 0), 8: (440, 200), 9: (440, 400), 4: (440, 650),
+                5: (440, 760), 6: (440, 870), 10: (440, 990), 11: (880, 0), 15: (880, 560), 16: (1320, 0),
+                12: (1320, 400), 13: (1320, 520), 14: (1320, 660), 17: (1760, 0), 18: (1760, 120), 19: (1760, 440),
                 20: (2180, 440)}
 
 WORKFLOWS = {"tune_a_video": (tune_a_video_graph, NOTE, POS), "video_p2p": (video_p2p_graph, VP2P_NOTE, VP2P_POS),
