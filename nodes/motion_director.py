@@ -13,7 +13,7 @@ from ..modules.motion_director import PATHS, MotionDirectorConfig, record, train
 from ..modules.plot import loss_curve_image
 from ..modules.tune import PRECISIONS
 from . import host
-from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_tensor, latent_to_video, video_to_latent
+from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_entries, latent_to_video, video_to_latent
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +33,31 @@ def split_clips(latent: dict, frames_per_video: int, scale: float) -> list[torch
     return list(video.split(frames_per_video, dim=2))
 
 
+def _split_note(note: str, videos: int) -> list[str]:
+    parts = [p.strip() for p in note.split("|")]
+    return parts if len(parts) == videos else [note] * videos
+
+
+def video_prompts(positive, videos: int, video_unet) -> list[torch.Tensor]:
+    """One prompt for every video, or one per video: a Conditioning (Combine) of exactly ``videos`` entries, in video
+    order (here Combine lists prompts; it does not average them)."""
+    entries = conditioning_entries(positive, "positive", video_unet)
+    if len(entries) == 1:
+        return [entries[0][0]] * videos
+    if len(entries) != videos:
+        raise ValueError(f"positive has {len(entries)} entries for {videos} videos: give one prompt for all, or "
+                         f"one per video (Conditioning Combine, in video order)")
+    return [context for context, _ in entries]
+
+
 def _metadata(video_unet, prompt: str, clips, config: MotionDirectorConfig) -> dict[str, str]:
     info = getattr(video_unet.unet, "info", None)
     return {"method": "motion-director", "base_model_hash": video_unet.base_hash,
             "motion_module": getattr(info, "name", ""), "motion_module_hash": getattr(info, "hash", ""),
             "frames": str(clips[0].shape[2]), "videos": str(len(clips)),
             "height": str(clips[0].shape[3] * 8), "width": str(clips[0].shape[4] * 8),
-            "prompts": L.metadata_json([prompt] * len(clips)), "steps": str(config.steps), "seed": str(config.seed),
+            "prompts": L.metadata_json(_split_note(prompt, len(clips))), "steps": str(config.steps),
+            "seed": str(config.seed),
             "paths": config.paths}
 
 
@@ -68,8 +86,9 @@ class SpatialTemporalLoRATrain:
                                              "batch them one after the other (Latent Batch) and set "
                                              "frames_per_video."}),
             "positive": ("CONDITIONING", {"tooltip": "Prompt describing the reference video(s), e.g. 'A person is "
-                                                     "riding a bicycle'; shared by every video, as in"
-                                                     " MotionDirector's multi-video config."}),
+                                                     "riding a bicycle': one for every video (MotionDirector's "
+                                                     "multi-video config), or one per video joined with "
+                                                     "Conditioning (Combine) in video order."}),
             "frames_per_video": ("INT", {"default": 0, "min": 0, "max": 4096,
                                          "tooltip": "Frames of each video in latent; 0: the latent is one video."}),
             "steps": ("INT", {"default": MD.steps, "min": 1, "max": 100000,
@@ -97,7 +116,8 @@ class SpatialTemporalLoRATrain:
                                                              "motion only (MotionDirector's inference for new "
                                                              "subjects)."}),
             "prompt_note": ("STRING", {"default": "", "tooltip": "Prompt text stored in the LoRA files' metadata "
-                                                                 "(CONDITIONING carries no text)."}),
+                                                                 "(CONDITIONING carries no text); per-video prompts "
+                                                                 "separated by '|'."}),
         }}
 
     def run(self, video_unet, latent, positive, frames_per_video, steps, rank, lr_spatial, lr_temporal, seed, paths,
@@ -107,9 +127,9 @@ class SpatialTemporalLoRATrain:
                                       mixed_precision=mixed_precision,
                                       weight_decay=MD.weight_decay if frames_per_video <= 0 else 1e-4)
         clips = split_clips(latent, frames_per_video, video_unet.latent_scale)
-        context = conditioning_tensor(positive, "positive", video_unet)
+        contexts = video_prompts(positive, len(clips), video_unet)
         host.free_accelerator()
-        result = train(video_unet, clips, [context] * len(clips), config, device=host.torch_device(),
+        result = train(video_unet, clips, contexts, config, device=host.torch_device(),
                        callback=host.Progress(steps, "SpatialTemporalLoRATrain"),
                        metadata=_metadata(video_unet, prompt_note, clips, config))
         out = video_unet

@@ -215,3 +215,30 @@ def test_a_tuned_animatediff_unet_saves_and_reloads_as_a_delta(tmp_path, ad_mode
                        NoiseSchedule.scaled_linear())
     with pytest.raises(BaseMismatchError, match="motion module"):
         load_delta(other, tmp_path / "d.safetensors")
+
+
+def test_one_prompt_per_video_through_conditioning_combine(ad_model):
+    from tunevideo.nodes.motion_director import video_prompts
+
+    two = cond(0) + cond(1)  # what Conditioning (Combine) makes: a list of entries
+    contexts = video_prompts(two, 2, ad_model)
+    assert torch.equal(contexts[0], cond(0)[0][0]) and torch.equal(contexts[1], cond(1)[0][0])
+    assert all(torch.equal(c, cond(0)[0][0]) for c in video_prompts(cond(0), 3, ad_model))
+    with pytest.raises(ValueError, match="one per video"):
+        video_prompts(two, 3, ad_model)
+
+
+def test_image_animation_spatial_lora_from_one_image_plus_a_motion_lora(ad_model):
+    """Sec. 5 'animating images': a spatial LoRA learnt on one image, applied with a temporal LoRA from a video."""
+    x, c = clip(11)
+    motion = train(ad_model, [x], [c], MotionDirectorConfig(steps=1, paths="temporal", **FAST)).temporal
+    image = x[:, :, :1]  # one frame
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        train(ad_model, [image], [c], MotionDirectorConfig(steps=1, **FAST))
+    res = train(ad_model, [image], [c], MotionDirectorConfig(steps=2, paths="spatial", lr_spatial=1e-2, **FAST))
+    assert res.temporal is None and all(v == v for v in res.spatial_losses)  # the spatial path ran every step
+    animated = L.merge(L.merge(ad_model, res.spatial[0], 0.8), motion, 1.0)
+    keys = {*res.spatial[0].deltas(), *motion.deltas()}
+    before = dict(ad_model.unet.named_parameters())
+    changed = {k for k, p in animated.unet.named_parameters() if not torch.equal(p, before[k])}
+    assert changed <= keys and len(changed) > 0.9 * len(keys)
