@@ -46,7 +46,7 @@ _ATTN = r"(to_q|to_k|to_v|to_out\.0)"
 _FF = r"ff\.net\.(0\.proj|2)"
 #: Spatial LoRA: self-attention and feed-forward of the image transformer blocks (MotionDirector ``utils/lora.py:356``
 #: keeps ``attn1`` and ``ff`` of every ``Transformer2DModel``; cross-attention is left alone).
-SPATIAL_TARGETS = rf".*attentions\.\d+\.transformer_blocks\.\d+\.(attn1\.{_ATTN}|{_FF})"
+SPATIAL_TARGETS = rf"(.*\.)?attentions\.\d+\.transformer_blocks\.\d+\.(attn1\.{_ATTN}|{_FF})"
 #: Temporal LoRA: both temporal attentions and the feed-forward of every temporal transformer block
 #: (``utils/lora.py:358`` keeps ``attn1``, ``attn2``, ``ff`` of ``TransformerTemporalModel``): AnimateDiff's motion
 #: modules; on the inflated Tune-A-Video UNet its ``attn_temp``.

@@ -242,3 +242,12 @@ def test_image_animation_spatial_lora_from_one_image_plus_a_motion_lora(ad_model
     before = dict(ad_model.unet.named_parameters())
     changed = {k for k, p in animated.unet.named_parameters() if not torch.equal(p, before[k])}
     assert changed <= keys and len(changed) > 0.9 * len(keys)
+
+
+def test_spatial_targets_are_the_image_transformers_only():
+    """As MotionDirector's injector picks them on its own base (diffusers UNet3DConditionModel; compared in the closing
+    note of issue 10): temporal transformers named ``temp_attentions`` are not spatial."""
+    assert re.fullmatch(L.SPATIAL_TARGETS, "down_blocks.0.attentions.1.transformer_blocks.0.attn1.to_out.0")
+    assert re.fullmatch(L.SPATIAL_TARGETS, "mid_block.attentions.0.transformer_blocks.0.ff.net.2")
+    assert not re.fullmatch(L.SPATIAL_TARGETS, "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1.to_q")
+    assert not re.fullmatch(L.SPATIAL_TARGETS, "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q")
