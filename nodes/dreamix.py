@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 class DreamixFinetune:
     """Finetune a VIDEO_UNET on a clip as a video and as independent frames, mixed by image_ratio (Sec. 3.2)."""
 
-    CATEGORY = "TuneVideo/dreamix"
+    CATEGORY = "TuneVideo/train"
     FUNCTION = "run"
     RETURN_TYPES = (VIDEO_UNET, "IMAGE")
     RETURN_NAMES = ("video_unet", "loss_curve")

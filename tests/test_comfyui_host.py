@@ -412,3 +412,42 @@ def test_evaluate_workflow_scores_like_the_engine(host):
         assert 1 - got[key] == pytest.approx(1 - getattr(by_vision, key), rel=1e-2), key
     assert [1 - c for c in got["consecutive"]] == pytest.approx([1 - c for c in by_vision.consecutive], rel=1e-2)
     assert got["text_alignment"] == pytest.approx(want.text_alignment, abs=1e-3)  # still the two-tower model's
+
+
+def _shrunk_dreamix_ei2(name: str) -> dict:
+    api = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+    for node in api.values():
+        cls, inputs = node["class_type"], node["inputs"]
+        if cls == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = "tiny-sd15.safetensors"
+        elif cls == "LoadVideoClip":
+            inputs.update(video="man-skiing.mp4", frame_count=3, stride=2, width=64, height=64)
+        elif cls == "LoadImage":
+            inputs["image"] = "still.png"
+        elif cls == "ImageToCoarseVideo":
+            inputs["frames"] = 3
+        elif cls in ("DreamixFinetune", "OneShotTune"):
+            inputs.update(steps=2, learning_rate=1e-3)
+        elif cls in ("DreamixCorruptedSample", "DDIMInvertVideo", "SampleVideo"):
+            inputs["steps"] = 2
+        elif cls == "CLIPTextEncode" and inputs["text"]:
+            inputs["text"] = LONG_PROMPT
+    return api
+
+
+def test_dreamix_and_ei2_workflows_run(host):
+    """The three shipped Dreamix / EI² workflows, shrunk to 3 frames at 64x64 and 2 steps, with long prompts."""
+    url, base = host
+    from PIL import Image
+
+    Image.new("RGB", (80, 64), (90, 140, 200)).save(base / "input" / "still.png")
+    for name in ("dreamix", "dreamix_image_to_video", "ei2"):
+        reply = _post(f"{url}/prompt", {"prompt": _shrunk_dreamix_ei2(name), "client_id": "tunevideo-test"})
+        assert not reply.get("node_errors"), reply
+        result = _wait(reply["prompt_id"], url, timeout=900)
+        assert result["status"]["status_str"] == "success", (name, json.dumps(result["status"])[-3000:])
+        assert any(out.get("images") for out in result["outputs"].values()), name
+    from tunevideo.modules.checkpoint_io import read_delta
+
+    _, meta = read_delta(base / "models" / "tunevideo" / "ei2" / "man-skiing_00001.safetensors")
+    assert (meta["attention"], meta["temporal"]) == ("ei2-ffam", "ei2-stam")

@@ -4,7 +4,7 @@
 // nodeCreated and wins.
 import { app } from "../../scripts/app.js";
 
-const TUNING_NODES = new Set(["OneShotTune", "SpatialTemporalLoRATrain"]);
+const TUNING_NODES = new Set(["OneShotTune", "SpatialTemporalLoRATrain", "DreamixFinetune"]);
 
 app.registerExtension({
   name: "TuneVideo.FixedTuningSeed",
