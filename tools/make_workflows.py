@@ -361,8 +361,10 @@ EVAL_NOTE = ("CLIP metrics as the papers report them (Tune-A-Video Sec. 5): fram
              "the chart shows where the video drifts. A core Load CLIP Vision can feed clip_vision instead for the "
              "image-only metrics. Headless, over many edits: python -m tunevideo evaluate (README).")
 
-EVAL_POS = {1: (0, 0), 2: (0, 260), 3: (0, 520), 4: (440, 0), 5: (880, 0)}
+EVAL_POS = {1: (0, 0), 2: (0, 600), 3: (440, 360), 4: (440, 0), 5: (880, 0)}  # video loaders show a preview
 WORKFLOWS["evaluate"] = (evaluate_graph, EVAL_NOTE, EVAL_POS)
+
+
 def _dreamix_tail(clip_node, latent_node, frames_node, edit_text, prefix, fps_link):
     """Inflate -> Dreamix Finetune -> corrupt + encode -> corrupted sample -> decode/save (node ids 5..16)."""
     from tunevideo.modules.defaults import DREAMIX as D
@@ -456,7 +458,7 @@ EI2_NOTE = ("EI² (Zhang et al., NeurIPS 2023): Tune-A-Video with shift-restrict
             "tuning steps at lr 3e-5 (Tune-A-Video's schedule), 50 DDIM inversion + 50 sampling steps, cfg 12.5. "
             "The pooling size must divide the latent at every level (4 fits 512x512).")
 DREAMIX_POS = {1: (0, 0), 2: (0, 200), 16: (0, 520), 3: (440, 640), 4: (440, 0), 5: (440, 220), 6: (440, 440),
-               7: (880, 0), 8: (880, 170), 9: (880, 560), 10: (1320, 560), 11: (1320, 0), 12: (1760, 0),
+               7: (880, 0), 8: (880, 170), 9: (880, 640), 10: (1320, 560), 11: (1320, 0), 12: (1760, 0),
                13: (1760, 150), 14: (1320, 700), 15: (1760, 440)}
 WORKFLOWS_DREAMIX_EI2 = {"dreamix": (dreamix_graph, DREAMIX_NOTE, DREAMIX_POS),
                          "dreamix_image_to_video": (dreamix_image_to_video_graph, I2V_NOTE, DREAMIX_POS),
