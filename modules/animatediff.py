@@ -223,6 +223,13 @@ def build_motion_unet(unet2d: UNet2DConditionModel, motion_sd: Mapping[str, torc
     return MotionUNet(core.eval(), info)
 
 
+class _PassThrough(nn.Module):
+    """Stands in for a motion module when frames are independent images (``MotionUNet.forward(temporal=False)``)."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
 class MotionUNet(nn.Module):
     """AnimateDiff video UNet. ``forward(sample [b,c,f,h,w], timestep, encoder_hidden_states [b,n,d]) -> [b,c,f,h,w]``.
 
@@ -268,18 +275,33 @@ class MotionUNet(nn.Module):
     def disable_gradient_checkpointing(self) -> None:
         self._core.disable_gradient_checkpointing()
 
-    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+                temporal: bool = True) -> torch.Tensor:
+        """``temporal=False`` skips every motion module: each frame goes through the image model alone (Dreamix's
+        frame batches, :mod:`.dreamix`); the motion weights then take no part and get no gradient."""
         if sample.dim() != 5:
             raise ValueError(f"sample must be [b,c,f,h,w], got shape {tuple(sample.shape)}")
         b, f = sample.shape[0], sample.shape[2]
-        if f > self.info.max_frames:
+        if temporal and f > self.info.max_frames:
             raise ValueError(f"clip of {f} frames is longer than the motion module's positional table "
                              f"({self.info.max_frames} frames, {self.info.name}); use at most {self.info.max_frames}")
         if encoder_hidden_states.shape[0] != b:
             raise ValueError(f"encoder_hidden_states batch {encoder_hidden_states.shape[0]} != sample batch {b}")
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
         context = repeat(encoder_hidden_states, "b n d -> (b f) n d", f=f)  # UNetMotionModel takes it per frame
-        return self._core(sample, t, context, return_dict=False)[0]
+        core = self._core if temporal else self._image_core()
+        return core(sample, t, context, return_dict=False)[0]
+
+    def _image_core(self) -> UNetMotionModel:
+        """The same module tree (every parameter and adapter shared) with each motion module replaced by a
+        pass-through; rebuilt per call so it always mirrors the current tree (LoRA adapters, training flags)."""
+        core = share_clone(self._core)
+        for module in core.modules():
+            motion = getattr(module, "motion_modules", None)
+            if isinstance(motion, nn.ModuleList):
+                for i in range(len(motion)):
+                    motion[i] = _PassThrough()
+        return core
 
     def temporal_parameters(self) -> dict[str, nn.Parameter]:
         """The motion-module tensors, by state-dict name."""

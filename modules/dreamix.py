@@ -46,6 +46,19 @@ DREAMIX_PRESETS = {"dreamix-full": ("*",), "dreamix-attention": ATTENTION_PROJEC
                    "dreamix-lora": ATTENTION_PROJECTIONS}
 
 
+def trainable_for(unet, patterns: Sequence[str]) -> tuple[str, ...]:
+    """Presets name the inflated UNet's temporal layer (``attn_temp``); an AnimateDiff UNet has none: there its
+    temporal attentions are the motion modules' ``attn1``/``attn2``, which the same presets' ``attn1.*``/``attn2.*``
+    suffixes already select, so the ``attn_temp`` patterns are dropped."""
+    if getattr(unet, "attention", "") != "animatediff":
+        return tuple(patterns)
+    kept = tuple(p for p in patterns if "attn_temp" not in p)
+    if not kept:
+        raise ValueError("trainable names only attn_temp, which an AnimateDiff VIDEO_UNET does not have; use "
+                         "'motion_modules' for its temporal layers")
+    return kept
+
+
 def check_unit(value: float, name: str) -> float:
     """``value`` as a float in [0, 1], or ValueError naming ``name``."""
     if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0 or math.isnan(value):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .defaults import TAV, TUNE_A_VIDEO_REFERENCE_TRAINABLE
-from .dreamix import DREAMIX_PRESETS, as_image_batch, check_unit, mix_schedule
+from .dreamix import DREAMIX_PRESETS, as_image_batch, check_unit, mix_schedule, trainable_for
 from .inflate import VideoUNet, own_parameter
 from .lora import add_lora, merged_weights
 from .schedule import NoiseSchedule
@@ -172,7 +172,7 @@ def tune(model: VideoModel, latents: torch.Tensor, context: torch.Tensor, config
     device = torch.device(device) if device is not None else model.unet.device
     amp = _precision(config.mixed_precision, device)
     with torch.inference_mode(False), torch.enable_grad():
-        names = select_trainable(model.unet, config.trainable)
+        names = select_trainable(model.unet, trainable_for(model.unet, config.trainable))
         unet, params = _prepare_unet(model, names, device, amp, config.lora_rank)
         losses = _train_loop(unet, model.schedule, latents, context, params, config, device, amp, callback)
         if config.lora_rank:

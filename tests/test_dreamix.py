@@ -16,7 +16,7 @@ from tunevideo.modules.dreamix import (
     start_of,
 )
 from tunevideo.modules.inflate import VideoTransformerBlock, inflate_unet
-from tunevideo.modules.tune import TuneConfig, tune
+from tunevideo.modules.tune import TuneConfig, parse_patterns, tune
 
 FAST = {"gradient_checkpointing": False, "learning_rate": 1e-3, "seed": 0}
 
@@ -198,3 +198,32 @@ def test_dreamix_nodes_under_inference_mode(tiny_unet2d, tiny_unet_config):
         N["DreamixFinetune"]().run(video, latent, cond(0), 1, 1e-3, 0, 2.0, "dreamix-full", "", 2, False, "fp32")
     with pytest.raises(ValueError, match="noise_strength=1.2"):
         N["DreamixCorruptedSample"]().run(tuned, cond(1), cond(2), latent, 1.2, 4, 3.0, 0)
+
+
+def test_dreamix_on_the_animatediff_base():
+    """The AnimateDiff base provides the same switch: frame batches skip the motion modules (= the image model), and
+    mixed finetuning with every weight trainable leaves the motion modules bit-identical when all steps are frames."""
+    from tunevideo.modules import tiny
+    from tunevideo.modules.animatediff import build_motion_unet
+    from tunevideo.modules.schedule import NoiseSchedule
+    from tunevideo.modules.video_model import VideoModel
+
+    unet2d = tiny.tiny_unet2d()
+    model = VideoModel(build_motion_unet(unet2d, tiny.tiny_motion_module("v2", seed=4)), NoiseSchedule.scaled_linear())
+    x, c = _clip(f=3, size=8)
+    frames, ctx = as_image_batch(x, c)
+    with torch.no_grad():
+        got = model.unet(frames, 10, ctx, temporal=False)[:, :, 0]
+        want = unet2d(frames[:, :, 0], 10, ctx).sample
+        video = model.unet(x, 10, c)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (video[0, :, 0] - got[0]).abs().max() > 1e-3  # with the motion modules the output differs
+    motion = {k: v.clone() for k, v in model.unet.temporal_parameters().items()}
+    tuned, _ = tune(model, x, c, TuneConfig(steps=2, trainable=("*",), image_ratio=1.0, **FAST))
+    params = dict(tuned.unet.named_parameters())
+    assert all(torch.equal(params[k], v) for k, v in motion.items())
+    assert not torch.equal(params["conv_in.weight"], model.unet.conv_in.weight)
+    # the attention preset (written for the inflated UNet's attn_temp) selects the motion modules' attentions here
+    tuned, _ = tune(model, x, c, TuneConfig(steps=1, trainable=parse_patterns("dreamix-attention"), **FAST))
+    changed = {k for k, p in tuned.unet.named_parameters() if not torch.equal(p, model.unet.get_parameter(k))}
+    assert any(".motion_modules." in k and ".attn2." in k for k in changed)
