@@ -17,10 +17,12 @@ Dreamix (Molad et al., "Dreamix: Video Diffusion Models are General Video Editor
   (subject-driven generation): a few images of a subject are finetuned as frames only (``image_ratio = 1``), then a
   video is sampled from noise.
 
-The paper runs on Imagen-Video; we run on an inflated SD UNet. Seam for other video bases (AnimateDiff): a base works
-here if its forward is ``forward(sample [b,c,f,h,w], timestep, context [b,n,d], temporal: bool = True)`` where
-``temporal=False`` skips every motion/temporal module (so that with ``f = 1`` it is the image model), and if it has
-``clone()``, ``temporal_parameters()`` and ``named_parameters()`` like :class:`~.inflate.VideoUNet`.
+The paper runs on Imagen-Video; we run on both video bases of the pack, the inflated SD UNet and the AnimateDiff UNet
+(:class:`~.animatediff.MotionUNet`). A base works here if its forward is ``forward(sample [b,c,f,h,w], timestep,
+context [b,n,d], temporal: bool = True)`` where ``temporal=False`` skips every temporal/motion module (so that with
+``f = 1`` it is the image model), and if it has ``clone()``, ``temporal_parameters()`` and ``named_parameters()``.
+Presets naming the inflated UNet's ``attn_temp`` select the motion modules' attentions on AnimateDiff
+(:func:`trainable_for`).
 """
 
 from __future__ import annotations
