@@ -20,7 +20,7 @@ import torch
 from common import bench_parser, build_video_model, count_flops, describe, peak_memory_gib, reset_peak, sync, timed
 
 H100_BF16_DENSE = 989e12
-ASSUMED_MFU = 0.35  # what the pack's Tune-A-Video bench reaches on an H100 for UNet training/inference (assumption)
+ASSUMED_MFU = 0.35  # an assumed H100 utilisation for UNet training/inference; never measured here (no GPU lent)
 
 
 def _rate(flops: int, sec: float, device: str) -> str:
