@@ -34,7 +34,7 @@ from torch import nn
 
 from .checkpoint_io import unet_hash
 from .convert import UnsupportedModelError
-from .inflate import retarget, share_clone, usable_alias
+from .inflate import VideoUNetBase, retarget, share_clone, usable_alias
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class _PassThrough(nn.Module):
         return hidden_states
 
 
-class MotionUNet(nn.Module):
+class MotionUNet(VideoUNetBase):
     """AnimateDiff video UNet. ``forward(sample [b,c,f,h,w], timestep, encoder_hidden_states [b,n,d]) -> [b,c,f,h,w]``.
 
     Same interface as :class:`~.inflate.VideoUNet`. Its children are those of the wrapped ``UNetMotionModel``, so
@@ -247,33 +247,8 @@ class MotionUNet(nn.Module):
         return {}
 
     def __init__(self, core: UNetMotionModel, info: MotionModuleInfo):
-        super().__init__()
-        for name, child in core.named_children():
-            self.add_module(name, child)
-        object.__setattr__(self, "_core", core)
+        super().__init__(core)
         self.info = info
-
-    @property
-    def config(self):
-        return self._core.config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.conv_in.weight.device
-
-    def train(self, mode: bool = True):
-        self._core.training = mode
-        return super().train(mode)
-
-    def enable_gradient_checkpointing(self) -> None:
-        self._core.enable_gradient_checkpointing()
-
-    def disable_gradient_checkpointing(self) -> None:
-        self._core.disable_gradient_checkpointing()
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 temporal: bool = True) -> torch.Tensor:

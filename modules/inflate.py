@@ -206,23 +206,16 @@ def share_clone(module: nn.Module) -> nn.Module:
     return new
 
 
-class VideoUNet(nn.Module):
-    """Inflated UNet. ``forward(sample [b,c,f,h,w], timestep, encoder_hidden_states [b,n,d]) -> [b,c,f,h,w]``.
+class VideoUNetBase(nn.Module):
+    """What every video UNet of the pack shares: it wraps a diffusers UNet (``_core``) whose children are registered
+    as its own (so ``state_dict()`` keys are the core's), and exposes its config, dtype, device, training mode and
+    gradient checkpointing. Subclasses: :class:`VideoUNet` (inflated), :class:`~.animatediff.MotionUNet`."""
 
-    Its registered children are those of the wrapped 2D UNet, so ``state_dict()`` keys are the reference
-    ``UNet3DConditionModel`` keys (``down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight``...).
-    """
-
-    def __init__(self, core: UNet2DConditionModel, context: FrameContext, attention: str = "tune-a-video",
-                 attention_options: dict | None = None, temporal: str = "tune-a-video"):
+    def __init__(self, core: nn.Module):
         super().__init__()
         for name, child in core.named_children():
             self.add_module(name, child)
         object.__setattr__(self, "_core", core)  # not a child: its children are ours already
-        self.context = context
-        self.attention = attention  # key of ATTENTION_VARIANTS used by every attn1
-        self.attention_options = dict(attention_options or {})  # its options (FFAM: pool_size)
-        self.temporal = temporal  # one of TEMPORAL_VARIANTS
 
     @property
     def config(self):
@@ -245,6 +238,22 @@ class VideoUNet(nn.Module):
 
     def disable_gradient_checkpointing(self) -> None:
         self._core.disable_gradient_checkpointing()
+
+
+class VideoUNet(VideoUNetBase):
+    """Inflated UNet. ``forward(sample [b,c,f,h,w], timestep, encoder_hidden_states [b,n,d]) -> [b,c,f,h,w]``.
+
+    Its registered children are those of the wrapped 2D UNet, so ``state_dict()`` keys are the reference
+    ``UNet3DConditionModel`` keys (``down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight``...).
+    """
+
+    def __init__(self, core: UNet2DConditionModel, context: FrameContext, attention: str = "tune-a-video",
+                 attention_options: dict | None = None, temporal: str = "tune-a-video"):
+        super().__init__(core)
+        self.context = context
+        self.attention = attention  # key of ATTENTION_VARIANTS used by every attn1
+        self.attention_options = dict(attention_options or {})  # its options (FFAM: pool_size)
+        self.temporal = temporal  # one of TEMPORAL_VARIANTS
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 temporal: bool = True) -> torch.Tensor:

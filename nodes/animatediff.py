@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..modules.animatediff import read_motion_module
 from ..modules.pipeline import video_model_with_motion
 from . import host
-from .boundary import VIDEO_UNET, compute_dtype, model_parts
+from .boundary import VIDEO_UNET, compute_dtype, model_parts, parked
 
 
 class AnimateDiffVideoUNet:
@@ -37,7 +37,5 @@ class AnimateDiffVideoUNet:
         motion = read_motion_module(host.model_path(motion_module, host.MOTION_MODULE_FOLDER))
         video = video_model_with_motion(state_dict, unet_config, schedule, motion, motion_module, scale,
                                         dtype=compute_dtype(state_dict, model.model))
-        parked = host.offload_device()
-        if any(p.device != parked for p in video.unet.parameters()):  # (partly) on the GPU: park our copy
-            video = video.replace(unet=video.unet.clone(device=parked))
+        video = parked(video)
         return (video,)

@@ -173,3 +173,14 @@ def clip_prompt(clip, text: str, name: str, model) -> torch.Tensor:
         raise ValueError(f"{name} has more than 75 tokens ({cond.shape[1]} conditioning tokens); prompt-to-prompt "
                          f"works within one 77-token window")
     return conditioning_tensor([[cond, {}]], name, model)
+
+
+def parked(video_model):
+    """``video_model`` with its UNet on ComfyUI's offload device: ComfyUI cannot see our models, so they must not hold
+    accelerator memory between nodes. Weights already there are shared, not copied."""
+    from . import host
+
+    where = host.offload_device()
+    if any(p.device != where for p in video_model.unet.parameters()):
+        return video_model.replace(unet=video_model.unet.clone(device=where))
+    return video_model

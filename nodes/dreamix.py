@@ -11,7 +11,7 @@ from ..modules.dreamix import CAMERA_MOTIONS, corrupt_frames, corrupted_sample, 
 from ..modules.plot import loss_curve_image
 from ..modules.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns, tune
 from . import host
-from .boundary import VIDEO_UNET, conditioning_entries, conditioning_tensor, latent_to_video, video_to_latent
+from .boundary import VIDEO_UNET, conditioning_entries, conditioning_tensor, latent_to_video, parked, video_to_latent
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +76,7 @@ class DreamixFinetune:
         host.free_accelerator()
         tuned, curve = tune(video_unet, latents, context, config, device=host.torch_device(),
                             callback=host.Progress(steps, "DreamixFinetune"), prompt=prompt_note)
-        parked = host.offload_device()
-        if tuned.unet.device != parked:
-            tuned = tuned.replace(unet=tuned.unet.clone(device=parked))
+        tuned = parked(tuned)
         return (tuned, loss_curve_image(curve, title="DreamixFinetune loss"))
 
 

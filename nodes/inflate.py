@@ -6,7 +6,7 @@ from ..modules.defaults import EI2
 from ..modules.inflate import ATTENTION_VARIANTS, TEMPORAL_VARIANTS
 from ..modules.pipeline import video_model_from_ldm
 from . import host
-from .boundary import VIDEO_UNET, compute_dtype, model_parts
+from .boundary import VIDEO_UNET, compute_dtype, model_parts, parked
 
 
 class InflateUNetTemporal:
@@ -52,7 +52,5 @@ class InflateUNetTemporal:
         video = video_model_from_ldm(state_dict, unet_config, schedule, scale,
                                      dtype=compute_dtype(state_dict, model.model), attention=attention,
                                      attention_options=options, temporal=temporal_layer)
-        parked = host.offload_device()
-        if any(p.device != parked for p in video.unet.parameters()):  # (partly) on the GPU: park our copy
-            video = video.replace(unet=video.unet.clone(device=parked))
+        video = parked(video)
         return (video,)

@@ -13,7 +13,7 @@ from ..modules.motion_director import PATHS, MotionDirectorConfig, record, train
 from ..modules.plot import loss_curve_image
 from ..modules.tune import PRECISIONS
 from . import host
-from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_entries, latent_to_video, video_to_latent
+from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_entries, latent_to_video, parked, video_to_latent
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +139,7 @@ class SpatialTemporalLoRATrain:
             out = L.merge(out, result.spatial[0], output_spatial_strength, "spatial LoRA")
         out = out.replace(history=out.history + (record(config, clips, [prompt_note], result.temporal_losses
                                                          if result.temporal else result.spatial_losses),))
-        parked = host.offload_device()
-        if out.unet.device != parked:
-            out = out.replace(unet=out.unet.clone(device=parked))
+        out = parked(out)
         return (out, result.temporal, result.spatial,
                 loss_curve_image(result.spatial_losses, title="spatial loss"),
                 loss_curve_image(result.temporal_losses, title="temporal loss"))

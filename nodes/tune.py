@@ -6,7 +6,7 @@ from ..modules.defaults import TAV
 from ..modules.plot import loss_curve_image
 from ..modules.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns, tune
 from . import host
-from .boundary import VIDEO_UNET, conditioning_tensor, latent_to_video
+from .boundary import VIDEO_UNET, conditioning_tensor, latent_to_video, parked
 
 
 class OneShotTune:
@@ -66,7 +66,5 @@ class OneShotTune:
         host.free_accelerator()
         tuned, curve = tune(video_unet, latents, context, config, device=host.torch_device(),
                             callback=host.Progress(steps, "OneShotTune"), prompt=prompt_note)
-        parked = host.offload_device()
-        if tuned.unet.device != parked:  # ComfyUI cannot see our model: do not hold VRAM between nodes
-            tuned = tuned.replace(unet=tuned.unet.clone(device=parked))
+        tuned = parked(tuned)
         return (tuned, loss_curve_image(curve, title="OneShotTune loss"))
