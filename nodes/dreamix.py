@@ -8,10 +8,10 @@ import torch
 
 from ..modules.defaults import DREAMIX
 from ..modules.dreamix import CAMERA_MOTIONS, corrupt_frames, corrupted_sample, image_to_coarse_video, stack_images
-from ..modules.plot import loss_curve_image
-from ..modules.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns, tune
+from ..modules.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns
 from . import host
-from .boundary import VIDEO_UNET, conditioning_entries, conditioning_tensor, latent_to_video, parked, video_to_latent
+from .boundary import VIDEO_UNET, conditioning_entries, latent_to_video, video_to_latent
+from .tune import run_tuning
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +71,7 @@ class DreamixFinetune:
                             gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,
                             method="dreamix", image_ratio=image_ratio,
                             lora_rank=lora_rank if trainable == "dreamix-lora" else 0)
-        latents = latent_to_video(latent, video_unet.latent_scale, "latent")
-        context = conditioning_tensor(positive, "positive", video_unet)
-        host.free_accelerator()
-        tuned, curve = tune(video_unet, latents, context, config, device=host.torch_device(),
-                            callback=host.Progress(steps, "DreamixFinetune"), prompt=prompt_note)
-        tuned = parked(tuned)
-        return (tuned, loss_curve_image(curve, title="DreamixFinetune loss"))
+        return run_tuning(video_unet, latent, positive, config, "DreamixFinetune", prompt_note)
 
 
 class DreamixCorruptVideo:

@@ -61,10 +61,15 @@ class OneShotTune:
         config = TuneConfig(steps=steps, learning_rate=learning_rate, batch_size=batch_size, trainable=patterns,
                             seed=seed, gradient_checkpointing=gradient_checkpointing,
                             mixed_precision=mixed_precision)
-        latents = latent_to_video(latent, video_unet.latent_scale, "latent")
-        context = conditioning_tensor(positive, "positive", video_unet)
-        host.free_accelerator()
-        tuned, curve = tune(video_unet, latents, context, config, device=host.torch_device(),
-                            callback=host.Progress(steps, "OneShotTune"), prompt=prompt_note)
-        tuned = parked(tuned)
-        return (tuned, loss_curve_image(curve, title="OneShotTune loss"))
+        return run_tuning(video_unet, latent, positive, config, "OneShotTune", prompt_note)
+
+
+def run_tuning(video_unet, latent, positive, config: TuneConfig, label: str, prompt_note: str = ""):
+    """The tuning nodes' shared boundary: LATENT + one-prompt CONDITIONING in, the engine's tuning loop with progress
+    and interrupt, the tuned VIDEO_UNET parked off the accelerator, the loss curve as an IMAGE."""
+    latents = latent_to_video(latent, video_unet.latent_scale, "latent")
+    context = conditioning_tensor(positive, "positive", video_unet)
+    host.free_accelerator()
+    tuned, curve = tune(video_unet, latents, context, config, device=host.torch_device(),
+                        callback=host.Progress(config.steps, label), prompt=prompt_note)
+    return (parked(tuned), loss_curve_image(curve, title=f"{label} loss"))
