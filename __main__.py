@@ -1,7 +1,7 @@
-"""``python -m tunevideo ...``: the headless CLI (see modules/cli.py)."""
+"""``python -m tunevideo ...``: the headless CLI (see cli.py)."""
 
 import sys
 
-from .modules.cli import main
+from .cli import main
 
 sys.exit(main())

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from common import count_flops, describe, peak_memory_gib, reset_peak, sync, timed
 from transformers import CLIPConfig, CLIPModel
-from tunevideo.modules.clip_files import load_clip_model
-from tunevideo.modules.clip_score import ClipScoreModel, image_embeddings, preprocess, score_video
-from tunevideo.modules.text_encoder import write_byte_tokenizer
+from tunevideo.modules.convert.text_encoder import write_byte_tokenizer
+from tunevideo.modules.evaluation.clip_files import load_clip_model
+from tunevideo.modules.evaluation.clip_score import ClipScoreModel, image_embeddings, preprocess, score_video
 
 # OpenAI CLIP ViT-L/14 (openai/clip-vit-large-patch14 config.json).
 VIT_L14 = {"text_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
@@ -41,7 +41,7 @@ def build(device: str) -> ClipScoreModel:
     with torch.device(device):
         model = CLIPModel(CLIPConfig(**VIT_L14)).eval().requires_grad_(False)
     tok = tempfile.TemporaryDirectory()
-    from tunevideo.modules.text_encoder import load_tokenizer
+    from tunevideo.modules.convert.text_encoder import load_tokenizer
 
     tokenizer = load_tokenizer(write_byte_tokenizer(tok.name))
     model.config.text_config.eos_token_id = tokenizer.eos_token_id

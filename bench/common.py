@@ -40,10 +40,10 @@ def bench_parser(doc: str):
 
 def build_video_model(size: str, device: str, dtype: torch.dtype):
     from diffusers import UNet2DConditionModel
-    from tunevideo.modules.convert import diffusers_config_from_unet_config
-    from tunevideo.modules.inflate import inflate_unet
-    from tunevideo.modules.schedule import NoiseSchedule
-    from tunevideo.modules.video_model import VideoModel
+    from tunevideo.modules.convert.unet import diffusers_config_from_unet_config
+    from tunevideo.modules.networks.inflate import inflate_unet
+    from tunevideo.modules.sampling.schedule import NoiseSchedule
+    from tunevideo.modules.video_unet import VideoModel
 
     cfg = CONFIGS[size]
     torch.manual_seed(0)

@@ -28,12 +28,12 @@ def _rate(flops: int, sec: float, device: str) -> str:
 
 
 def shift(a) -> None:
-    from tunevideo.modules.ei2 import covariate_shift
-    from tunevideo.modules.inflate import inflate_unet
-    from tunevideo.modules.schedule import NoiseSchedule
-    from tunevideo.modules.tiny import TINY_UNET_CONFIG, tiny_unet2d
-    from tunevideo.modules.tune import TuneConfig, tune
-    from tunevideo.modules.video_model import VideoModel
+    from tunevideo.modules.methods.ei2 import covariate_shift
+    from tunevideo.modules.networks.inflate import inflate_unet
+    from tunevideo.modules.sampling.schedule import NoiseSchedule
+    from tunevideo.modules.training.tune import TuneConfig, tune
+    from tunevideo.modules.video_unet import VideoModel
+    from tunevideo.tiny import TINY_UNET_CONFIG, tiny_unet2d
 
     unet2d = tiny_unet2d(seed=0)
     g = torch.Generator().manual_seed(0)
@@ -91,8 +91,8 @@ def ffam(a) -> None:
 
 
 def mixed(a) -> None:
-    from tunevideo.modules.dreamix import as_image_batch
-    from tunevideo.modules.tune import denoising_loss
+    from tunevideo.modules.methods.dreamix import as_image_batch
+    from tunevideo.modules.training.tune import denoising_loss
 
     dev = "meta" if a.flops_only else a.device
     model, ctx_dim = build_video_model(a.size, dev, torch.float32)
@@ -126,8 +126,8 @@ def mixed(a) -> None:
 def budget(a) -> None:
     """FLOPs of the shipped workflows' defaults (sd15, 512x512) -> seconds on one H100 at ASSUMED_MFU."""
     from tunevideo.modules.defaults import DREAMIX, EI2
-    from tunevideo.modules.dreamix import as_image_batch
-    from tunevideo.modules.tune import denoising_loss
+    from tunevideo.modules.methods.dreamix import as_image_batch
+    from tunevideo.modules.training.tune import denoising_loss
 
     model, ctx_dim = build_video_model("sd15", "meta", torch.float32)
     rate = H100_BF16_DENSE * ASSUMED_MFU

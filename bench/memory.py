@@ -37,8 +37,8 @@ def rss_gib() -> float:
 def fake_comfy_model(size: str, dtype: torch.dtype):
     """What the nodes read off a ComfyUI ModelPatcher, with weights made under inference mode."""
     from diffusers import UNet2DConditionModel
-    from tunevideo.modules.convert import diffusers_config_from_unet_config, unet_to_ldm
-    from tunevideo.modules.schedule import NoiseSchedule
+    from tunevideo.modules.convert.unet import diffusers_config_from_unet_config, unet_to_ldm
+    from tunevideo.modules.sampling.schedule import NoiseSchedule
 
     cfg = CONFIGS[size]
     torch.manual_seed(0)

@@ -19,13 +19,13 @@ import contextlib
 
 import torch
 from common import CONFIGS, bench_parser, count_flops, describe, peak_memory_gib, reset_peak, timed
-from tunevideo.modules import lora as L
-from tunevideo.modules import tiny
-from tunevideo.modules.animatediff import build_motion_unet
-from tunevideo.modules.convert import diffusers_config_from_unet_config
-from tunevideo.modules.motion_director import MotionDirectorConfig, debiased_loss
-from tunevideo.modules.schedule import NoiseSchedule
-from tunevideo.modules.tune import _precision
+from tunevideo import tiny
+from tunevideo.modules.convert.unet import diffusers_config_from_unet_config
+from tunevideo.modules.methods.motion_director import MotionDirectorConfig, debiased_loss
+from tunevideo.modules.networks.animatediff import build_motion_unet
+from tunevideo.modules.sampling.schedule import NoiseSchedule
+from tunevideo.modules.training import lora as L
+from tunevideo.modules.training.tune import _precision
 
 H100_BF16_DENSE = 989e12  # NVIDIA H100 SXM, dense bf16 tensor-core peak
 STEPS, BUDGET_S = 300, 40

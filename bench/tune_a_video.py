@@ -15,9 +15,16 @@ from __future__ import annotations
 
 import torch
 from common import bench_parser, build_video_model, count_flops, describe, peak_memory_gib, reset_peak, timed
-from tunevideo.modules.ddim import guided_output
-from tunevideo.modules.inflate import inflate_unet
-from tunevideo.modules.tune import PRESETS, TuneConfig, _precision, _prepare_unet, denoising_loss, select_trainable
+from tunevideo.modules.networks.inflate import inflate_unet
+from tunevideo.modules.sampling.ddim import guided_output
+from tunevideo.modules.training.tune import (
+    PRESETS,
+    TuneConfig,
+    _precision,
+    _prepare_unet,
+    denoising_loss,
+    select_trainable,
+)
 
 H100_BF16_DENSE = 989e12  # NVIDIA H100 SXM, dense bf16 tensor-core peak
 
@@ -85,7 +92,7 @@ def main() -> None:
 def flops_only(a) -> None:
     from common import CONFIGS
     from diffusers import UNet2DConditionModel
-    from tunevideo.modules.convert import diffusers_config_from_unet_config
+    from tunevideo.modules.convert.unet import diffusers_config_from_unet_config
 
     cfg = CONFIGS[a.size]
     with torch.device("meta"):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 from common import bench_parser, build_video_model, count_flops, describe, peak_memory_gib, reset_peak, timed
-from tunevideo.modules.null_text import NullTextConfig, _optimise_step
-from tunevideo.modules.video_p2p import AttentionController, EditControl, controlled_unet
+from tunevideo.modules.methods.video_p2p.edit import AttentionController, EditControl, controlled_unet
+from tunevideo.modules.methods.video_p2p.null_text import NullTextConfig, _optimise_step
 
 H100_BF16_DENSE = 989e12
 
@@ -73,7 +73,7 @@ def main() -> None:
 
 
 def _project(a, flops_null, flops_edit) -> None:
-    from tunevideo.modules.tune import PRESETS, select_trainable
+    from tunevideo.modules.training.tune import PRESETS, select_trainable
 
     model, ctx_dim = build_video_model(a.size, "meta", torch.float32)
     unet = model.unet.with_attention("video-p2p")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..modules.animatediff import read_motion_module
-from ..modules.pipeline import video_model_with_motion
+from ..modules.build import video_model_with_motion
+from ..modules.networks.animatediff import read_motion_module
 from . import host
 from .boundary import VIDEO_UNET, compute_dtype, model_parts, parked
 

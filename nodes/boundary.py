@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from ..modules.convert import UnsupportedModelError, check_supported
+from ..modules.convert.unet import UnsupportedModelError, check_supported
 from ..modules.defaults import SD_LATENT_SCALE
-from ..modules.schedule import NoiseSchedule
+from ..modules.sampling.schedule import NoiseSchedule
 
 INVERTED_KEY = "tunevideo_inverted"
 VIDEO_UNET = "VIDEO_UNET"

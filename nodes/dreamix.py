@@ -7,8 +7,14 @@ import logging
 import torch
 
 from ..modules.defaults import DREAMIX
-from ..modules.dreamix import CAMERA_MOTIONS, corrupt_frames, corrupted_sample, image_to_coarse_video, stack_images
-from ..modules.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns
+from ..modules.methods.dreamix import (
+    CAMERA_MOTIONS,
+    corrupt_frames,
+    corrupted_sample,
+    image_to_coarse_video,
+    stack_images,
+)
+from ..modules.training.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns
 from . import host
 from .boundary import VIDEO_UNET, conditioning_entries, latent_to_video, video_to_latent
 from .tune import run_tuning

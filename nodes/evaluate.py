@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from ..modules.clip_eval import video_chart
-from ..modules.clip_files import load_clip_model
-from ..modules.clip_score import CLIP_EVAL, resize_crop, score_video
+from ..modules.evaluation.clip_eval import video_chart
+from ..modules.evaluation.clip_files import load_clip_model
+from ..modules.evaluation.clip_score import CLIP_EVAL, resize_crop, score_video
 from . import host
 
 CLIP_SCORE_MODEL = "CLIP_SCORE_MODEL"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ..modules.build import video_model_from_ldm
 from ..modules.defaults import EI2
-from ..modules.inflate import ATTENTION_VARIANTS, TEMPORAL_VARIANTS
-from ..modules.pipeline import video_model_from_ldm
+from ..modules.networks.inflate import ATTENTION_VARIANTS, TEMPORAL_VARIANTS
 from . import host
 from .boundary import VIDEO_UNET, compute_dtype, model_parts, parked
 

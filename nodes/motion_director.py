@@ -7,11 +7,11 @@ import re
 
 import torch
 
-from ..modules import lora as L
-from ..modules.atomic import unique_path
-from ..modules.motion_director import PATHS, MotionDirectorConfig, record, train
-from ..modules.plot import loss_curve_image
-from ..modules.tune import PRECISIONS
+from ..modules.files.atomic import unique_path
+from ..modules.files.plot import loss_curve_image
+from ..modules.methods.motion_director import PATHS, MotionDirectorConfig, record, train
+from ..modules.training import lora as L
+from ..modules.training.tune import PRECISIONS
 from . import host
 from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_entries, latent_to_video, parked, video_to_latent
 

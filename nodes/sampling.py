@@ -6,8 +6,8 @@ import logging
 
 import torch
 
-from ..modules.ddim import ddim_invert, sample
 from ..modules.defaults import TAV
+from ..modules.sampling.ddim import ddim_invert, sample
 from . import host
 from .boundary import (
     INVERTED_KEY,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..modules.defaults import TAV
-from ..modules.plot import loss_curve_image
-from ..modules.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns, tune
+from ..modules.files.plot import loss_curve_image
+from ..modules.training.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns, tune
 from . import host
 from .boundary import VIDEO_UNET, conditioning_tensor, latent_to_video, parked
 

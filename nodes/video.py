@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..modules.defaults import TAV
-from ..modules.video_io import read_video
+from ..modules.files.video_io import read_video
 from . import host
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".webp")

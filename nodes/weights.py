@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import re
 
-from ..modules.atomic import unique_path
-from ..modules.checkpoint_io import load_delta, save_delta
+from ..modules.files.atomic import unique_path
+from ..modules.files.deltas import load_delta, save_delta
 from . import host
 from .boundary import VIDEO_UNET
 

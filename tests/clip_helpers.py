@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection
-from tunevideo.modules.text_encoder import write_byte_tokenizer
+from tunevideo.modules.convert.text_encoder import write_byte_tokenizer
 
 # 64-wide towers so that the single-file loader's "heads = width / 64" convention holds.
 TINY_TEXT = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=1, vocab_size=514,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tunevideo.modules import tiny
+from tunevideo import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -58,11 +58,11 @@ def tiny_unet2d(tiny_unet_config):
 
 @pytest.fixture()
 def tiny_video_model(tiny_unet2d):
-    from tunevideo.modules.checkpoint_io import base_identity
-    from tunevideo.modules.convert import unet_to_ldm
-    from tunevideo.modules.inflate import inflate_unet
-    from tunevideo.modules.schedule import NoiseSchedule
-    from tunevideo.modules.video_model import VideoModel
+    from tunevideo.modules.convert.unet import unet_to_ldm
+    from tunevideo.modules.files.deltas import base_identity
+    from tunevideo.modules.networks.inflate import inflate_unet
+    from tunevideo.modules.sampling.schedule import NoiseSchedule
+    from tunevideo.modules.video_unet import VideoModel
 
     return VideoModel(inflate_unet(tiny_unet2d), NoiseSchedule.scaled_linear(),
                       **base_identity(unet_to_ldm(tiny_unet2d)))

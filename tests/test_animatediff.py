@@ -10,9 +10,9 @@ from conftest import CTX_DIM
 from diffusers import MotionAdapter, UNetMotionModel
 from safetensors.torch import save_file
 from test_nodes import cond, fake_model
-from tunevideo import NODE_CLASS_MAPPINGS
-from tunevideo.modules import tiny
-from tunevideo.modules.animatediff import (
+from tunevideo import NODE_CLASS_MAPPINGS, tiny
+from tunevideo.modules.convert.unet import UnsupportedModelError
+from tunevideo.modules.networks.animatediff import (
     ADAPTER_CONFIGS,
     build_motion_unet,
     inspect_motion_module,
@@ -21,7 +21,6 @@ from tunevideo.modules.animatediff import (
     to_diffusers,
     to_original,
 )
-from tunevideo.modules.convert import UnsupportedModelError
 
 F = 6
 

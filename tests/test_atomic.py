@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tunevideo.modules.atomic import atomic_write, unique_path
+from tunevideo.modules.files.atomic import atomic_write, unique_path
 
 
 def test_atomic_write_never_clobbers_even_if_the_file_appears_meanwhile(tmp_path):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import CTX_DIM
 from safetensors.torch import save_file
-from tunevideo.modules.checkpoint_io import BaseMismatchError, load_delta, read_delta, save_delta, unet_hash
-from tunevideo.modules.convert import unet_to_ldm
-from tunevideo.modules.tune import TuneConfig, tune
+from tunevideo.modules.convert.unet import unet_to_ldm
+from tunevideo.modules.files.deltas import BaseMismatchError, load_delta, read_delta, save_delta, unet_hash
+from tunevideo.modules.training.tune import TuneConfig, tune
 
 
 @pytest.fixture()
@@ -105,8 +105,8 @@ def test_unet_hash_ignores_prefix_and_fp16_storage(tiny_unet2d):
 def _held_in(tiny_unet2d, unet_config, dtype, scale=1.0):
     """The base (scaled: another base) held at another precision, e.g. ComfyUI's --bf16-unet, identified from its
     own weights as the nodes do."""
-    from tunevideo.modules.pipeline import video_model_from_ldm
-    from tunevideo.modules.schedule import NoiseSchedule
+    from tunevideo.modules.build import video_model_from_ldm
+    from tunevideo.modules.sampling.schedule import NoiseSchedule
 
     ldm = {k: (v * scale).to(dtype) for k, v in unet_to_ldm(tiny_unet2d).items()}
     return video_model_from_ldm(ldm, unet_config, NoiseSchedule.scaled_linear())
@@ -135,7 +135,7 @@ def test_same_base_at_another_precision_is_accepted(tuned, tiny_unet2d, tiny_une
 
 
 def test_fingerprint_matches_the_same_weights_at_any_storage_precision(tiny_unet2d):
-    from tunevideo.modules.checkpoint_io import fingerprints_match, unet_fingerprint
+    from tunevideo.modules.files.deltas import fingerprints_match, unet_fingerprint
 
     ldm = unet_to_ldm(tiny_unet2d)
     ref = unet_fingerprint(ldm)

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from tunevideo.modules import cli
-from tunevideo.modules.checkpoint_io import load_delta, read_delta
-from tunevideo.modules.pipeline import video_model_from_checkpoint
-from tunevideo.modules.single_file import load_checkpoint
-from tunevideo.modules.tiny import write_tiny_checkpoint
-from tunevideo.modules.video_io import probe_video
+from tunevideo import cli
+from tunevideo.modules.build import video_model_from_checkpoint
+from tunevideo.modules.convert.checkpoint import load_checkpoint
+from tunevideo.modules.files.deltas import load_delta, read_delta
+from tunevideo.modules.files.video_io import probe_video
+from tunevideo.tiny import write_tiny_checkpoint
 
 
 def test_self_check_reports_inflation():

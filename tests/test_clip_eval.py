@@ -11,11 +11,11 @@ import pytest
 import torch
 from clip_helpers import smooth_frames, write_clip_folder, write_vision_only_file
 from PIL import Image
-from tunevideo.modules import cli
-from tunevideo.modules.clip_eval import load_manifest, read_frames, video_chart
-from tunevideo.modules.clip_files import load_clip_model
-from tunevideo.modules.clip_score import CLIP_MEAN, CLIP_STD, score_video
-from tunevideo.modules.video_io import write_video
+from tunevideo import cli
+from tunevideo.modules.evaluation.clip_eval import load_manifest, read_frames, video_chart
+from tunevideo.modules.evaluation.clip_files import load_clip_model
+from tunevideo.modules.evaluation.clip_score import CLIP_MEAN, CLIP_STD, score_video
+from tunevideo.modules.files.video_io import write_video
 from tunevideo.nodes import host
 from tunevideo.nodes.evaluate import CLIPVideoScore, LoadCLIPScoreModel
 
@@ -91,7 +91,7 @@ def test_clip_vision_serves_the_image_metrics(models):
 
 
 def test_chart_marks_where_the_video_drifts():
-    from tunevideo.modules.clip_score import VideoScore
+    from tunevideo.modules.evaluation.clip_score import VideoScore
 
     score = VideoScore(frames=4, frame_consistency=0.9, consecutive=[0.99, 0.5, 0.98],
                        text_alignment=25.0, text_per_frame=[26.0, 27.0, 20.0, 27.0])

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from clip_helpers import direct_features, smooth_frames, tiny_clip, write_clip_folder, write_vision_only_file
 from safetensors.torch import save_file
-from tunevideo.modules.clip_files import load_clip_model
-from tunevideo.modules.clip_score import ClipModelError, preprocess, score_embeddings, score_video
+from tunevideo.modules.evaluation.clip_files import load_clip_model
+from tunevideo.modules.evaluation.clip_score import ClipModelError, preprocess, score_embeddings, score_video
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "assets" / "sample" / "man-skiing-16f-128.mp4"

@@ -39,8 +39,8 @@ def write_host_checkpoint(path: Path) -> None:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
-    from tunevideo.modules.convert import diffusers_config_from_unet_config, unet_to_ldm
-    from tunevideo.modules.single_file import text_encoder_to_ldm, vae_to_ldm
+    from tunevideo.modules.convert.checkpoint import text_encoder_to_ldm, vae_to_ldm
+    from tunevideo.modules.convert.unet import diffusers_config_from_unet_config, unet_to_ldm
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**diffusers_config_from_unet_config(HOST_UNET))
@@ -58,7 +58,7 @@ def write_host_checkpoint(path: Path) -> None:
 def write_host_motion_module(path: Path) -> None:
     """Random AnimateDiff v2 motion module in the original key layout, sized for HOST_UNET's blocks."""
     from safetensors.torch import save_file
-    from tunevideo.modules.tiny import tiny_motion_module
+    from tunevideo.tiny import tiny_motion_module
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tiny_motion_module("v2", seed=0, unet_config=HOST_UNET), str(path))
@@ -178,7 +178,7 @@ def test_nodes_are_registered_with_the_host(host):
 def _conditioning_tokens(text: str) -> int:
     """Tokens of CLIP Text Encode's conditioning for ``text``: ComfyUI splits the prompt's tokens into windows of
     75, each framed by start/end tokens to 77 (comfy/sd1_clip.py)."""
-    from tunevideo.modules.text_encoder import load_tokenizer
+    from tunevideo.modules.convert.text_encoder import load_tokenizer
 
     n = len(load_tokenizer(Path(COMFY) / "comfy" / "sd1_tokenizer")(text)["input_ids"]) - 2
     return 77 * max(1, -(-n // 75))
@@ -201,9 +201,9 @@ def test_api_workflow_runs_and_tuned_weights_reload(host):
 
     # The delta reloads headlessly onto the same checkpoint: ComfyUI's MODEL and the single-file loader agree on
     # the base-model hash, and the weights apply.
-    from tunevideo.modules.checkpoint_io import load_delta, read_delta
-    from tunevideo.modules.pipeline import video_model_from_checkpoint
-    from tunevideo.modules.single_file import load_checkpoint
+    from tunevideo.modules.build import video_model_from_checkpoint
+    from tunevideo.modules.convert.checkpoint import load_checkpoint
+    from tunevideo.modules.files.deltas import load_delta, read_delta
 
     comp = load_checkpoint(base / "models" / "checkpoints" / "tiny-sd15.safetensors", dtype=torch.float32,
                            tokenizer_dir=None if os.environ.get("COMFYUI_PATH") is None else None)
@@ -289,7 +289,7 @@ def test_video_p2p_workflow_runs(host):
     webp = outputs["10"]["images"][0]
     assert (base / "output" / webp["subfolder"] / webp["filename"]).stat().st_size > 0
     assert outputs["14"]["images"] and outputs["15"]["images"]  # source reconstruction, attention view
-    from tunevideo.modules.checkpoint_io import read_delta
+    from tunevideo.modules.files.deltas import read_delta
 
     _, meta = read_delta(base / "models" / "tunevideo" / "video_p2p" / "rabbit-jump_00001.safetensors")
     assert meta["attention"] == "video-p2p"
@@ -369,9 +369,9 @@ def _write_eval_models(models: Path) -> None:
 def test_evaluate_workflow_scores_like_the_engine(host):
     """The shipped evaluate workflow (tiny CLIP, 4 frames), then the same graph with a core Load CLIP Vision on the
     clip_vision input: the node's numbers equal the engine's direct computation on the same frames."""
-    from tunevideo.modules.clip_files import load_clip_model
-    from tunevideo.modules.clip_score import score_video
-    from tunevideo.modules.video_io import read_video
+    from tunevideo.modules.evaluation.clip_files import load_clip_model
+    from tunevideo.modules.evaluation.clip_score import score_video
+    from tunevideo.modules.files.video_io import read_video
 
     url, base = host
     models = base / "models" / "clip_vision"
@@ -447,7 +447,7 @@ def test_dreamix_and_ei2_workflows_run(host):
         result = _wait(reply["prompt_id"], url, timeout=900)
         assert result["status"]["status_str"] == "success", (name, json.dumps(result["status"])[-3000:])
         assert any(out.get("images") for out in result["outputs"].values()), name
-    from tunevideo.modules.checkpoint_io import read_delta
+    from tunevideo.modules.files.deltas import read_delta
 
     _, meta = read_delta(base / "models" / "tunevideo" / "ei2" / "man-skiing_00001.safetensors")
     assert (meta["attention"], meta["temporal"]) == ("ei2-ffam", "ei2-stam")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import CTX_DIM
 from tunevideo import NODE_CLASS_MAPPINGS as N
-from tunevideo.modules.conditioning import combined_outputs, entry_outputs, repeat_to_length
-from tunevideo.modules.ddim import ddim_invert, sample
+from tunevideo.modules.sampling.conditioning import combined_outputs, entry_outputs, repeat_to_length
+from tunevideo.modules.sampling.ddim import ddim_invert, sample
 
 
 def ctx(tokens, seed, dim=CTX_DIM):
@@ -74,7 +74,7 @@ def test_guided_sampling_with_a_long_prompt_equals_unbatched_guidance(tiny_video
 
     ref = x.clone()
     ts = tiny_video_model.schedule.ddim_timesteps(3).tolist()
-    from tunevideo.modules.schedule import ddim_move
+    from tunevideo.modules.sampling.schedule import ddim_move
 
     for i, t in enumerate(ts):
         tt = torch.tensor([t])

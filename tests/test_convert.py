@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_unet2d
-from tunevideo.modules.convert import (
+from tunevideo.modules.convert.unet import (
     UnsupportedModelError,
     detect_unet_config,
     diffusers_config_from_unet_config,

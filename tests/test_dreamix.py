@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import CTX_DIM
-from tunevideo.modules.ddim import sample
-from tunevideo.modules.dreamix import (
+from tunevideo.modules.methods.dreamix import (
     as_image_batch,
     corrupt_frames,
     corrupted_sample,
@@ -15,8 +14,9 @@ from tunevideo.modules.dreamix import (
     stack_images,
     start_of,
 )
-from tunevideo.modules.inflate import VideoTransformerBlock, inflate_unet
-from tunevideo.modules.tune import TuneConfig, parse_patterns, tune
+from tunevideo.modules.networks.inflate import VideoTransformerBlock, inflate_unet
+from tunevideo.modules.sampling.ddim import sample
+from tunevideo.modules.training.tune import TuneConfig, parse_patterns, tune
 
 FAST = {"gradient_checkpointing": False, "learning_rate": 1e-3, "seed": 0}
 
@@ -203,10 +203,10 @@ def test_dreamix_nodes_under_inference_mode(tiny_unet2d, tiny_unet_config):
 def test_dreamix_on_the_animatediff_base():
     """The AnimateDiff base provides the same switch: frame batches skip the motion modules (= the image model), and
     mixed finetuning with every weight trainable leaves the motion modules bit-identical when all steps are frames."""
-    from tunevideo.modules import tiny
-    from tunevideo.modules.animatediff import build_motion_unet
-    from tunevideo.modules.schedule import NoiseSchedule
-    from tunevideo.modules.video_model import VideoModel
+    from tunevideo import tiny
+    from tunevideo.modules.networks.animatediff import build_motion_unet
+    from tunevideo.modules.sampling.schedule import NoiseSchedule
+    from tunevideo.modules.video_unet import VideoModel
 
     unet2d = tiny.tiny_unet2d()
     model = VideoModel(build_motion_unet(unet2d, tiny.tiny_motion_module("v2", seed=4)), NoiseSchedule.scaled_linear())

@@ -7,16 +7,18 @@ import torch
 import torch.nn.functional as F
 from conftest import CTX_DIM
 from einops import rearrange
-from tunevideo.modules.attention import (
+from tunevideo.modules.files.deltas import load_delta, read_delta, save_delta
+from tunevideo.modules.methods.ei2 import covariate_shift
+from tunevideo.modules.networks.attention import (
     FineCoarseAttnProcessor,
     PlainAttnProcessor,
     StamTemporalAttnProcessor,
     TemporalAttnProcessor,
+    check_pool_size,
 )
-from tunevideo.modules.checkpoint_io import load_delta, read_delta, save_delta
-from tunevideo.modules.ei2 import InstanceCentering, check_pool_size, covariate_shift
-from tunevideo.modules.inflate import FrameContext, VideoTransformerBlock, inflate_unet
-from tunevideo.modules.tune import TuneConfig, tune
+from tunevideo.modules.networks.inflate import VideoTransformerBlock, inflate_unet
+from tunevideo.modules.networks.norms import FrameContext, InstanceCentering
+from tunevideo.modules.training.tune import TuneConfig, tune
 
 FFAM = {"attention": "ei2-ffam", "attention_options": {"pool_size": 2}}
 

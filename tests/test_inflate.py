@@ -6,8 +6,13 @@ import pytest
 import torch
 from conftest import CTX_DIM
 from einops import rearrange
-from tunevideo.modules.attention import FirstFrameAttnProcessor, SparseCausalAttnProcessor, TemporalAttnProcessor
-from tunevideo.modules.inflate import FrameContext, FrameGroupNorm, VideoTransformerBlock, inflate_unet
+from tunevideo.modules.networks.attention import (
+    FirstFrameAttnProcessor,
+    SparseCausalAttnProcessor,
+    TemporalAttnProcessor,
+)
+from tunevideo.modules.networks.inflate import VideoTransformerBlock, inflate_unet
+from tunevideo.modules.networks.norms import FrameContext, FrameGroupNorm
 
 
 def _inputs(b=2, f=3, seed=0, ctx_dim=CTX_DIM):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from conftest import CTX_DIM
-from tunevideo.modules.ddim import ddim_invert, sample
+from tunevideo.modules.sampling.ddim import ddim_invert, sample
 
 
 def _reconstruction_error(model, steps):

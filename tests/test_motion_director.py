@@ -9,13 +9,13 @@ import torch
 from conftest import CTX_DIM
 from safetensors import safe_open
 from test_nodes import cond
-from tunevideo import NODE_CLASS_MAPPINGS
-from tunevideo.modules import lora as L
-from tunevideo.modules import tiny
-from tunevideo.modules.animatediff import build_motion_unet
-from tunevideo.modules.motion_director import MotionDirectorConfig, debiased_loss, train
-from tunevideo.modules.schedule import NoiseSchedule
-from tunevideo.modules.video_model import VideoModel
+from tunevideo import NODE_CLASS_MAPPINGS, tiny
+from tunevideo.modules.methods.motion_director import MotionDirectorConfig, debiased_loss, train
+from tunevideo.modules.networks.animatediff import build_motion_unet
+from tunevideo.modules.networks.inflate import inflate_unet
+from tunevideo.modules.sampling.schedule import NoiseSchedule
+from tunevideo.modules.training import lora as L
+from tunevideo.modules.video_unet import VideoModel
 from tunevideo.nodes.boundary import INVERTED_KEY
 
 N = NODE_CLASS_MAPPINGS
@@ -154,7 +154,7 @@ def test_files_round_trip_and_use_the_ecosystem_layouts(tmp_path, ad_model, moti
         a, b = L.merge(ad_model, lora, 0.7), L.merge(ad_model, loaded, 0.7)
         for key in lora.deltas():
             torch.testing.assert_close(a.unet.get_parameter(key), b.unet.get_parameter(key), rtol=0, atol=1e-6)
-    inflated = VideoModel(__import__("tunevideo.modules.inflate", fromlist=["x"]).inflate_unet(tiny.tiny_unet2d()),
+    inflated = VideoModel(inflate_unet(tiny.tiny_unet2d()),
                           NoiseSchedule.scaled_linear())
     with pytest.raises(ValueError, match="AnimateDiffVideoUNet"):
         L.load_lora(tmp_path / "motion.safetensors", inflated.unet, "temporal")
@@ -200,7 +200,7 @@ def test_nodes_train_save_load_and_mix_noise(tmp_path, monkeypatch, ad_model):
 
 
 def test_a_tuned_animatediff_unet_saves_and_reloads_as_a_delta(tmp_path, ad_model, tiny_video_model):
-    from tunevideo.modules.checkpoint_io import BaseMismatchError, load_delta, save_delta
+    from tunevideo.modules.files.deltas import BaseMismatchError, load_delta, save_delta
 
     x, c = clip(10)
     res = train(ad_model, [x], [c], MotionDirectorConfig(steps=1, paths="temporal", lr_temporal=1e-2, **FAST))

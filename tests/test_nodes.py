@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import CTX_DIM, make_unet2d
 from tunevideo import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from tunevideo.modules.convert import UnsupportedModelError, unet_to_ldm
-from tunevideo.modules.inflate import TEMPORAL_MARKER
-from tunevideo.modules.schedule import NoiseSchedule
+from tunevideo.modules.convert.unet import UnsupportedModelError, unet_to_ldm
+from tunevideo.modules.networks.inflate import TEMPORAL_MARKER
+from tunevideo.modules.sampling.schedule import NoiseSchedule
 from tunevideo.nodes.boundary import INVERTED_KEY
 
 N = NODE_CLASS_MAPPINGS
@@ -137,7 +137,7 @@ def test_frozen_weights_stay_shared_under_inference_mode(tiny_unet2d, tiny_unet_
 
 
 def test_inverted_latent_is_unscaled_comfy_convention(tiny_unet2d, tiny_unet_config):
-    from tunevideo.modules.ddim import ddim_invert
+    from tunevideo.modules.sampling.ddim import ddim_invert
 
     with torch.inference_mode():
         (video,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config))

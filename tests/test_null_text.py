@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import CTX_DIM
-from tunevideo.modules.null_text import NullTextConfig, ddim_path, null_text_invert, reconstruct
+from tunevideo.modules.methods.video_p2p.null_text import NullTextConfig, ddim_path, null_text_invert, reconstruct
 
 
 def _setup(tiny_video_model, seed=0):
@@ -16,7 +16,7 @@ def _setup(tiny_video_model, seed=0):
 
 
 def test_path_ends_where_ddim_inversion_ends(tiny_video_model):
-    from tunevideo.modules.ddim import ddim_invert
+    from tunevideo.modules.sampling.ddim import ddim_invert
 
     fn, x0, cond, _ = _setup(tiny_video_model)
     path = ddim_path(fn, tiny_video_model.schedule, x0, cond, steps=4)

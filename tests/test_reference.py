@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
-from tunevideo.modules.convert import diffusers_config_from_unet_config
-from tunevideo.modules.inflate import inflate_unet
+from tunevideo.modules.convert.unet import diffusers_config_from_unet_config
+from tunevideo.modules.networks.inflate import inflate_unet
 
 REF = Path(__file__).resolve().parent / "fixtures" / "tav_reference"
 
@@ -68,7 +68,7 @@ def _reference_model():
 def test_trainable_presets_equal_what_the_reference_trains(preset, case):
     """tune-a-video = the paper's set (every block); tune-a-video-reference = the tensors that receive a gradient in
     the official code, whose re-entrant checkpointing starves the down blocks (fixture made by running it)."""
-    from tunevideo.modules.tune import PRESETS, select_trainable
+    from tunevideo.modules.training.tune import PRESETS, select_trainable
 
     video = _reference_model()
     names = select_trainable(video, PRESETS[preset])

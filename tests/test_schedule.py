@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import CTX_DIM
-from tunevideo.modules.ddim import ddim_invert, sample
-from tunevideo.modules.schedule import NoiseSchedule, ddim_move, make_ddim_scheduler
+from tunevideo.modules.sampling.ddim import ddim_invert, sample
+from tunevideo.modules.sampling.schedule import NoiseSchedule, ddim_move, make_ddim_scheduler
 
 
 def test_from_sigmas_recovers_alphas():
@@ -110,8 +110,8 @@ class Float64ToDevice(torch.overrides.TorchFunctionMode):
 
 def test_no_float64_tensor_reaches_the_device(tiny_video_model):
     """Apple MPS: the schedule is float64; every tensor the engine moves to the compute device must be cast first."""
-    from tunevideo.modules.ddim import ddim_invert, sample
-    from tunevideo.modules.tune import TuneConfig, tune
+    from tunevideo.modules.sampling.ddim import ddim_invert, sample
+    from tunevideo.modules.training.tune import TuneConfig, tune
 
     latents, ctx = torch.randn(1, 4, 2, 8, 8), torch.randn(1, 7, CTX_DIM)
     with Float64ToDevice() as mode:

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from conftest import make_unet2d
 from safetensors.torch import load_file, save_file
-from tunevideo.modules import single_file as sf
-from tunevideo.modules import tiny as tiny_model
-from tunevideo.modules.checkpoint_io import unet_hash
-from tunevideo.modules.convert import UnsupportedModelError, unet_to_ldm
-from tunevideo.modules.schedule import NoiseSchedule
-from tunevideo.modules.tiny import TINY_MARKER as TINY
+from tunevideo import tiny as tiny_model
+from tunevideo.modules.convert import checkpoint as sf
+from tunevideo.modules.convert.unet import UnsupportedModelError, unet_to_ldm
+from tunevideo.modules.files.deltas import unet_hash
+from tunevideo.modules.sampling.schedule import NoiseSchedule
+from tunevideo.tiny import TINY_MARKER as TINY
 
 
 def _equal_state(a: torch.nn.Module, b: torch.nn.Module) -> None:

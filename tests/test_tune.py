@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import CTX_DIM
-from tunevideo.modules.tune import TuneConfig, denoising_loss, parse_patterns, select_trainable, tune
+from tunevideo.modules.training.tune import TuneConfig, denoising_loss, parse_patterns, select_trainable, tune
 
 FAST = dict(steps=12, learning_rate=1e-3, seed=0, gradient_checkpointing=False)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tunevideo.modules import video_io
+from tunevideo.modules.files import video_io
 
 SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "sample" / "man-skiing-16f-128.mp4"
 

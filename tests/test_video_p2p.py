@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import CTX_DIM
-from tunevideo.modules.ddim import sample
-from tunevideo.modules.null_text import NullTextConfig, null_text_invert, reconstruct
-from tunevideo.modules.prompt_align import (
+from tunevideo.modules.methods.video_p2p.edit import EditControl, p2p_sample
+from tunevideo.modules.methods.video_p2p.null_text import NullTextConfig, null_text_invert, reconstruct
+from tunevideo.modules.methods.video_p2p.prompt_align import (
     refinement_mapper,
     replacement_mapper,
     token_weights,
     word_mask,
     word_token_positions,
 )
-from tunevideo.modules.video_p2p import EditControl, p2p_sample
+from tunevideo.modules.sampling.ddim import sample
 
 # A word-level stand-in for CLIP's BPE: "Spider-Man" is three pieces, every other word one.
 PIECES = {"Spider-Man": ["spider", "-", "man"]}
@@ -121,7 +121,7 @@ class FakeClip:
     """What the Video-P2P nodes use of a ComfyUI CLIP: tokenize/encode_from_tokens and its BPE tokenizer."""
 
     def __init__(self):
-        from tunevideo.modules.text_encoder import byte_tokenizer
+        from tunevideo.modules.convert.text_encoder import byte_tokenizer
 
         self.bpe = byte_tokenizer()
         self.tokenizer = type("SD1Tokenizer", (), {"clip": "clip_l"})()
@@ -132,7 +132,7 @@ class FakeClip:
         return text
 
     def encode_from_tokens(self, text):
-        from tunevideo.modules.text_encoder import token_windows
+        from tunevideo.modules.convert.text_encoder import token_windows
 
         return self.table[token_windows(self.bpe, text)].reshape(1, -1, CTX_DIM)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
-from tunevideo.modules.inflate import inflate_unet
-from tunevideo.modules.null_text import NullTextConfig, null_text_invert
-from tunevideo.modules.schedule import NoiseSchedule
+from tunevideo.modules.methods.video_p2p.null_text import NullTextConfig, null_text_invert
+from tunevideo.modules.networks.inflate import inflate_unet
+from tunevideo.modules.sampling.schedule import NoiseSchedule
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REF = FIXTURES / "videop2p_reference"
@@ -62,7 +62,7 @@ def test_video_p2p_edit_equals_reference():
     """Word swap + reweight + local blend (partial masks), 10 steps, 2 frames of 64x64 latents, per-step null-text
     embeddings on the source branch: final latents of both branches and every local-blend mask of the official
     pipeline (fixture case e; its token mapper, reweighting and blend tokens are the reference's own)."""
-    from tunevideo.modules.video_p2p import EditControl, p2p_sample
+    from tunevideo.modules.methods.video_p2p.edit import EditControl, p2p_sample
 
     config = json.loads((FIXTURES / "tav_reference" / "sd1_tiny.config.json").read_text())
     config["attention_head_dim"] = 8  # the reference's LocalBlend assumes 8 heads

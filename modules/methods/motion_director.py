@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import lora as L
-from .tune import _precision
-from .video_model import TuneRecord, VideoModel
+from ..training import lora as L
+from ..training.tune import _precision
+from ..video_unet import TuneRecord, VideoModel
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from .ddim import Callback, Cond, sample
-from .schedule import NoiseSchedule
+from ..sampling.ddim import Callback, Cond, sample
+from ..sampling.schedule import NoiseSchedule
 
 CAMERA_MOTIONS = ("zoom-in", "zoom-out", "pan-left", "pan-right", "pan-up", "pan-down", "perspective", "none")
 

@@ -36,8 +36,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .animatediff import MOTION_MARKER, original_key
-from .atomic import atomic_write
+from ..files.atomic import atomic_write
+from ..networks.animatediff import MOTION_MARKER, original_key
 
 logger = logging.getLogger(__name__)
 

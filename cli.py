@@ -25,18 +25,18 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write, unique_path
-from .checkpoint_io import save_delta
-from .convert import unet_to_ldm
-from .ddim import ddim_invert, sample
-from .defaults import TAV
-from .inflate import inflate_unet
-from .pipeline import decode_latents, encode_frames, video_model_from_checkpoint
-from .plot import loss_curve_image
-from .tune import PRECISIONS, TuneConfig, tune
+from .modules.build import decode_latents, encode_frames, video_model_from_checkpoint
+from .modules.convert.unet import unet_to_ldm
+from .modules.defaults import TAV
+from .modules.files.atomic import atomic_write, unique_path
+from .modules.files.deltas import save_delta
+from .modules.files.plot import loss_curve_image
+from .modules.networks.inflate import inflate_unet
+from .modules.sampling.ddim import ddim_invert, sample
+from .modules.training.tune import PRECISIONS, TuneConfig, tune
 
 logger = logging.getLogger("tunevideo")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parent
 SAMPLE_CLIP = ROOT / "assets" / "sample" / "man-skiing-16f-128.mp4"
 OUTPUTS = ("edited.mp4", "edited.webp", "contact_sheet.png", "loss.png", "tuned.safetensors", "summary.json")
 
@@ -79,8 +79,8 @@ def _progress(label: str):
 def run_edit(checkpoint: Path, video: Path, out: Path, s: EditSettings, device: torch.device,
              tokenizer_dir: str | None = None) -> dict:
     """Load, tune, invert, sample, decode and write all outputs. Returns the summary written to summary.json."""
-    from .single_file import encode_long_prompt, load_checkpoint
-    from .video_io import contact_sheet, read_video, write_video
+    from .modules.convert.checkpoint import encode_long_prompt, load_checkpoint
+    from .modules.files.video_io import contact_sheet, read_video, write_video
 
     clash = [name for name in OUTPUTS if (out / name).exists()]
     if clash:
@@ -130,7 +130,7 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
 
 def self_check() -> dict:
     """Convert a tiny random SD1-layout UNet from LDM keys, inflate it, and check the key invariants."""
-    from .convert import unet_from_ldm
+    from .modules.convert.unet import unet_from_ldm
     from .tiny import TINY_UNET_CONFIG, tiny_unet2d
 
     cfg = TINY_UNET_CONFIG
@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args) -> dict:
     """Score every edit of the set with one CLIP and write the report (modules/clip_eval.py)."""
-    from .clip_eval import evaluate_edits, load_manifest, manifest_path, summarize, write_report
-    from .clip_files import load_clip_model
+    from .modules.evaluation.clip_eval import evaluate_edits, load_manifest, manifest_path, summarize, write_report
+    from .modules.evaluation.clip_files import load_clip_model
 
     if args.max_frames < 0 or args.batch_size < 1:
         raise SystemExit("--max-frames must be >= 0 and --batch-size >= 1")

@@ -1,4 +1,7 @@
-"""EI² building blocks: STAM's Instance Centering, FFAM's grid helpers, and the covariate-shift measurement.
+"""EI²: what the method is, where its layers live, and the covariate-shift measurement.
+
+Its layers are attention variants of the shared networks: STAM's Instance Centering in
+:mod:`..networks.norms`, STAM's and FFAM's processors and FFAM's token grids in :mod:`..networks.attention`.
 
 EI² (Zhang et al., "Towards Consistent Video Editing with Text-to-Image Diffusion Models", NeurIPS 2023,
 arXiv 2305.17431), Sec. 3 and Fig. 2(c): the temporal layers that inflation adds (Tune-A-Video's ``norm_temp``
@@ -30,61 +33,11 @@ the layer first (:func:`~.checkpoint_io.load_delta`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
-
-class InstanceCentering(nn.Module):
-    """EI² Instance Centering (replaces ``norm_temp``): ``x - mean over frames``, per position and channel.
-
-    ``x``: ``[(b f), d, c]`` -> same shape. ``context`` is the model's frame context (``num_frames``). No parameters.
-    """
-
-    def __init__(self, context):
-        super().__init__()
-        self.context = context
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.context.num_frames
-        clips = x.reshape(-1, f, *x.shape[1:])
-        return (clips - clips.mean(dim=1, keepdim=True)).reshape(x.shape)
-
-
-def level_grid(latent_size: tuple[int, int], tokens: int) -> tuple[int, int] | None:
-    """The ``(h, w)`` token grid of a UNet level with ``tokens`` tokens, for a latent of ``latent_size``, or None when
-    no level of that latent has that many tokens. SD UNets halve the grid per level, rounding up (stride-2 conv with
-    padding 1)."""
-    h, w = latent_size
-    if h < 1 or w < 1 or tokens < 1:
-        return None
-    step = max(1, round(math.sqrt(h * w / tokens)))
-    grid = (-(-h // step), -(-w // step))
-    return grid if grid[0] * grid[1] == tokens else None
-
-
-def check_pool_size(pool: int, latent_size: tuple[int, int], levels: int, name: str = "fine_coarse_pool") -> None:
-    """FFAM's pool must divide the token grid of each of the ``levels`` attention levels of a latent.
-
-    ``latent_size``: ``(h, w)`` of the latent (pixels / 8). Raises ValueError naming ``name``."""
-    h, w = latent_size
-    for level in range(levels):
-        if h % pool or w % pool:
-            raise ValueError(f"{name}={pool} does not divide the {h}x{w} feature grid at UNet level {level} of a "
-                             f"{latent_size[0]}x{latent_size[1]} latent; use a pool size dividing every level "
-                             f"(e.g. 2 or 4 for 512x512 frames) or a frame size that is a multiple of "
-                             f"{8 * pool * 2 ** (levels - 1)} pixels")
-        h, w = -(-h // 2), -(-w // 2)
-
-
-def attention_levels(unet) -> int:
-    """How many resolutions of ``unet`` carry transformer blocks (the levels FFAM runs at)."""
-    cfg = unet.config
-    down = sum(1 for t in cfg.down_block_types if "CrossAttn" in t)
-    return down + 1 if down < len(cfg.down_block_types) else down
-
+from ..networks.inflate import VideoTransformerBlock
 
 # --- covariate shift (EI² Sec. 3's motivation, measured) ---------------------------------------------------------
 
@@ -92,7 +45,6 @@ def block_output_stats(unet, x: torch.Tensor, t, context: torch.Tensor) -> dict[
     """Mean and variance of every inflated transformer block's output (the features entering the next module).
 
     Returns ``{block name: tensor([mean, var])}``; ``x``: ``[b,c,f,h,w]``."""
-    from .inflate import VideoTransformerBlock
 
     stats, hooks = {}, []
 

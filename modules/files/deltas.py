@@ -24,10 +24,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..convert.unet import strip_ldm_prefix
+from ..networks.inflate import ATTENTION_VARIANTS, TEMPORAL_MARKER, TEMPORAL_VARIANTS
+from ..video_unet import TuneRecord, VideoModel
 from .atomic import atomic_write
-from .convert import strip_ldm_prefix
-from .inflate import ATTENTION_VARIANTS, TEMPORAL_MARKER, TEMPORAL_VARIANTS
-from .video_model import TuneRecord, VideoModel
 
 logger = logging.getLogger(__name__)
 

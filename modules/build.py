@@ -11,13 +11,13 @@ from typing import Any
 
 import torch
 
-from .animatediff import build_motion_unet
-from .checkpoint_io import base_identity
-from .convert import unet_from_ldm
+from .convert.unet import unet_from_ldm
 from .defaults import SD_LATENT_SCALE
-from .inflate import inflate_unet
-from .schedule import NoiseSchedule
-from .video_model import VideoModel
+from .files.deltas import base_identity
+from .networks.animatediff import build_motion_unet
+from .networks.inflate import inflate_unet
+from .sampling.schedule import NoiseSchedule
+from .video_unet import VideoModel
 
 
 def video_model_from_ldm(state_dict: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any],

@@ -20,6 +20,8 @@ does the work. Token layout entering ``attn1``/``attn_temp`` is ``(b f) n c``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -193,3 +195,38 @@ class StamTemporalAttnProcessor:
         out = rearrange(mapping @ v, "b h n d -> b n (h d)").to(dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         return rearrange(out, "(b d) f c -> (b f) d c", d=d)
+
+
+# --- FFAM token grids (EI², Sec. 3) -------------------------------------------------------------------------------
+
+def level_grid(latent_size: tuple[int, int], tokens: int) -> tuple[int, int] | None:
+    """The ``(h, w)`` token grid of a UNet level with ``tokens`` tokens, for a latent of ``latent_size``, or None when
+    no level of that latent has that many tokens. SD UNets halve the grid per level, rounding up (stride-2 conv with
+    padding 1)."""
+    h, w = latent_size
+    if h < 1 or w < 1 or tokens < 1:
+        return None
+    step = max(1, round(math.sqrt(h * w / tokens)))
+    grid = (-(-h // step), -(-w // step))
+    return grid if grid[0] * grid[1] == tokens else None
+
+
+def check_pool_size(pool: int, latent_size: tuple[int, int], levels: int, name: str = "fine_coarse_pool") -> None:
+    """FFAM's pool must divide the token grid of each of the ``levels`` attention levels of a latent.
+
+    ``latent_size``: ``(h, w)`` of the latent (pixels / 8). Raises ValueError naming ``name``."""
+    h, w = latent_size
+    for level in range(levels):
+        if h % pool or w % pool:
+            raise ValueError(f"{name}={pool} does not divide the {h}x{w} feature grid at UNet level {level} of a "
+                             f"{latent_size[0]}x{latent_size[1]} latent; use a pool size dividing every level "
+                             f"(e.g. 2 or 4 for 512x512 frames) or a frame size that is a multiple of "
+                             f"{8 * pool * 2 ** (levels - 1)} pixels")
+        h, w = -(-h // 2), -(-w // 2)
+
+
+def attention_levels(unet) -> int:
+    """How many resolutions of ``unet`` carry transformer blocks (the levels FFAM runs at)."""
+    cfg = unet.config
+    down = sum(1 for t in cfg.down_block_types if "CrossAttn" in t)
+    return down + 1 if down < len(cfg.down_block_types) else down

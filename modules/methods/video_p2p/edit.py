@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .inflate import VideoTransformerBlock, VideoUNet
+from ...networks.inflate import VideoTransformerBlock, VideoUNet
+from ...sampling.schedule import NoiseSchedule, ddim_move
 from .prompt_align import MAX_TOKENS, refinement_mapper, replacement_mapper, token_weights, word_mask
-from .schedule import NoiseSchedule, ddim_move
 
 Callback = Callable[[int, int, dict], None]
 BLEND_BLOCKS = ("down_blocks.2.", "up_blocks.1.")  # cross-attention at 1/4 of the latent resolution (SD1.x/2.x)

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .conditioning import ModelFn
-from .ddim import guided_output
-from .schedule import NoiseSchedule, ddim_move
+from ...sampling.conditioning import ModelFn
+from ...sampling.ddim import guided_output
+from ...sampling.schedule import NoiseSchedule, ddim_move
 
 Callback = Callable[[int, int, dict], None]
 

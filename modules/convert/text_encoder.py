@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .convert import UnsupportedModelError
-from .weights import assign_weights, check_no_meta, describe_keys, strip_prefix
+from .state_dict import assign_weights, check_no_meta, describe_keys, strip_prefix
+from .unet import UnsupportedModelError
 
 logger = logging.getLogger(__name__)
 

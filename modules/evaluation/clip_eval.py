@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .atomic import atomic_write
+from ..files.atomic import atomic_write
+from ..files.video_io import _av_frames, _open_av, _open_pil, _pil_frames
 from .clip_score import CLIP_EVAL, ClipScoreModel, VideoScore, score_video
-from .video_io import _av_frames, _open_av, _open_pil, _pil_frames
 
 logger = logging.getLogger(__name__)
 

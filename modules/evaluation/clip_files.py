@@ -32,9 +32,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from ..convert.state_dict import assign_weights, check_no_meta, describe_keys
+from ..convert.text_encoder import TokenizerNotFoundError, load_tokenizer, open_clip_to_hf_keys
 from .clip_score import CLIP_MEAN, CLIP_STD, INSTALL_HINT, ClipModelError, ClipScoreModel
-from .text_encoder import TokenizerNotFoundError, load_tokenizer, open_clip_to_hf_keys
-from .weights import assign_weights, check_no_meta, describe_keys
 
 logger = logging.getLogger(__name__)
 

@@ -18,19 +18,19 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from .animatediff import ADAPTER_CONFIGS, to_original
-from .atomic import atomic_write
-from .checkpoint_io import unet_hash
-from .convert import LDM_UNET_PREFIX, diffusers_config_from_unet_config, unet_to_ldm
-from .defaults import SD_LATENT_SCALE
-from .schedule import NoiseSchedule
-from .text_encoder import byte_chars, text_encoder_to_ldm
-from .vae_convert import vae_to_ldm
+from .modules.convert.checkpoint import TINY_MARKER
+from .modules.convert.text_encoder import byte_chars, text_encoder_to_ldm
+from .modules.convert.unet import LDM_UNET_PREFIX, diffusers_config_from_unet_config, unet_to_ldm
+from .modules.convert.vae import vae_to_ldm
+from .modules.defaults import SD_LATENT_SCALE
+from .modules.files.atomic import atomic_write
+from .modules.files.deltas import unet_hash
+from .modules.networks.animatediff import ADAPTER_CONFIGS, to_original
+from .modules.sampling.schedule import NoiseSchedule
 
 logger = logging.getLogger(__name__)
 
 #: Safetensors metadata key that makes :func:`~.single_file.load_checkpoint` use the built-in byte tokenizer.
-TINY_MARKER = "tunevideo_tiny"
 
 #: SD1-layout tiny UNet (ComfyUI unet_config): 3 cross-attention levels + 1 plain level, 2 res blocks each.
 #: 8 heads because :func:`~.convert.detect_unet_config` reads the SD1 layout as 8 heads, so the loaded model is the

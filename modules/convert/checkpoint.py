@@ -39,17 +39,10 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors import SafetensorError, safe_open
 from transformers import CLIPTextModel
 
-from .checkpoint_io import unet_fingerprint, unet_hash
-from .convert import (
-    LDM_UNET_PREFIX,
-    UnsupportedModelError,
-    detect_unet_config,
-    strip_ldm_prefix,
-    unet_from_ldm,
-    unet_to_ldm,
-)
-from .defaults import SD_LATENT_SCALE
-from .schedule import PREDICTION_TYPES, NoiseSchedule
+from ..defaults import SD_LATENT_SCALE
+from ..files.deltas import unet_fingerprint, unet_hash
+from ..sampling.schedule import PREDICTION_TYPES, NoiseSchedule
+from .state_dict import describe_keys, sub_prefix
 from .text_encoder import (
     SD1_TEXT_PREFIX,
     SD2_TEXT_PREFIX,
@@ -66,9 +59,18 @@ from .text_encoder import (
     tokenize,
     write_byte_tokenizer,
 )
-from .tiny import TINY_MARKER
-from .vae_convert import VAE_PREFIX, vae_config_from_ldm, vae_from_ldm, vae_ldm_key_for, vae_to_ldm
-from .weights import describe_keys, sub_prefix
+from .unet import (
+    LDM_UNET_PREFIX,
+    UnsupportedModelError,
+    detect_unet_config,
+    strip_ldm_prefix,
+    unet_from_ldm,
+    unet_to_ldm,
+)
+from .vae import VAE_PREFIX, vae_config_from_ldm, vae_from_ldm, vae_ldm_key_for, vae_to_ldm
+
+#: Metadata key marking a checkpoint as a tiny random test/demo model (its tokenizer is then the byte tokenizer).
+TINY_MARKER = "tunevideo_tiny"
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .defaults import SD_LATENT_SCALE
-from .inflate import VideoUNet, own_parameter
-from .schedule import NoiseSchedule
+from .networks.inflate import VideoUNet, own_parameter
+from .sampling.schedule import NoiseSchedule
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .defaults import TAV, TUNE_A_VIDEO_REFERENCE_TRAINABLE
-from .dreamix import DREAMIX_PRESETS, as_image_batch, check_unit, mix_schedule, trainable_for
-from .inflate import VideoUNet, own_parameter
+from ..defaults import TAV, TUNE_A_VIDEO_REFERENCE_TRAINABLE
+from ..methods.dreamix import DREAMIX_PRESETS, as_image_batch, check_unit, mix_schedule, trainable_for
+from ..networks.inflate import VideoUNet, own_parameter
+from ..sampling.schedule import NoiseSchedule
+from ..video_unet import TuneRecord, VideoModel
 from .lora import add_lora, merged_weights
-from .schedule import NoiseSchedule
-from .video_model import TuneRecord, VideoModel
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ import copy
 import logging
 
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
@@ -30,6 +29,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from einops import rearrange, repeat
 from torch import nn
 
+from ..convert.unet import UnsupportedModelError
 from .attention import (
     FineCoarseAttnProcessor,
     FirstFrameAttnProcessor,
@@ -37,9 +37,9 @@ from .attention import (
     SparseCausalAttnProcessor,
     StamTemporalAttnProcessor,
     TemporalAttnProcessor,
+    level_grid,
 )
-from .convert import UnsupportedModelError
-from .ei2 import InstanceCentering, level_grid
+from .norms import FrameContext, FrameGroupNorm, InstanceCentering, MixedLayerNorm
 
 logger = logging.getLogger(__name__)
 
@@ -67,63 +67,6 @@ def attention_processor(attention: str, options: dict | None = None):
         return ATTENTION_VARIANTS[attention](**(options or {}))
     except TypeError as e:
         raise ValueError(f"attention {attention!r} does not take options {sorted(options or {})}") from e
-
-
-class FrameContext:
-    """Per-model state read by layers that must know the clip length: set by :meth:`VideoUNet.forward`."""
-
-    def __init__(self) -> None:
-        self.num_frames = 1
-        self.latent_size = (0, 0)  # (h, w) of the latent in the current forward (FFAM's token grids)
-        self.temporal = True  # False: temporal layers bypassed, frames are independent images (Dreamix)
-
-
-class FrameGroupNorm(nn.GroupNorm):
-    """GroupNorm over ``(b f) c h w`` whose statistics span all frames of a clip (``pool_frames``, the default), or
-    each frame alone (``pool_frames=False``, the transformers' norm). Shares its parameters with ``source``.
-
-    Pooled, it equals ``nn.GroupNorm`` applied to ``b c f h w``, as in the reference's ResnetBlock3D and output norm.
-    When the input's dtype differs from the weights' (autocast over fp16/bf16 weights) it computes in float32, as
-    CUDA autocast does for group_norm; CPU autocast does not, and would fail on the mixed dtypes.
-    """
-
-    def __init__(self, source: nn.GroupNorm, context: FrameContext, pool_frames: bool = True):
-        nn.Module.__init__(self)
-        self.num_groups, self.num_channels, self.eps, self.affine = (
-            source.num_groups, source.num_channels, source.eps, source.affine)
-        self._parameters = dict(source._parameters)  # shared with the 2D model
-        self.context = context
-        self.pool_frames = pool_frames
-
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.weight, self.bias
-        if w is not None and x.dtype != w.dtype:
-            x, w, b = x.float(), w.float(), b.float()
-        return F.group_norm(x, self.num_groups, w, b, self.eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.context.num_frames
-        if f == 1 or not self.pool_frames:
-            return self._norm(x)
-        video = self._norm(rearrange(x, "(b f) c h w -> b c f h w", f=f))
-        return rearrange(video, "b c f h w -> (b f) c h w")
-
-
-class MixedLayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` sharing ``source``'s parameters that, like CUDA autocast, computes in float32 when the input's
-    dtype differs from the weights' (CPU autocast leaves layer_norm alone and fails on the mixed dtypes)."""
-
-    def __init__(self, source: nn.LayerNorm):
-        nn.Module.__init__(self)
-        self.normalized_shape, self.eps, self.elementwise_affine = (
-            source.normalized_shape, source.eps, source.elementwise_affine)
-        self._parameters = dict(source._parameters)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.weight, self.bias
-        if w is not None and x.dtype != w.dtype:
-            x, w, b = x.float(), w.float(), None if b is None else b.float()
-        return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
 
 
 class VideoTransformerBlock(nn.Module):

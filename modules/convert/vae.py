@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
-from .convert import UnsupportedModelError
-from .defaults import SD_LATENT_SCALE
-from .weights import assign_weights, check_no_meta, describe_keys, strip_prefix
+from ..defaults import SD_LATENT_SCALE
+from .state_dict import assign_weights, check_no_meta, describe_keys, strip_prefix
+from .unet import UnsupportedModelError
 
 logger = logging.getLogger(__name__)
 
