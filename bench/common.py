@@ -43,13 +43,13 @@ def build_video_model(size: str, device: str, dtype: torch.dtype):
     from tunevideo.modules.convert.unet import diffusers_config_from_unet_config
     from tunevideo.modules.networks.inflate import inflate_unet
     from tunevideo.modules.sampling.schedule import NoiseSchedule
-    from tunevideo.modules.video_unet import VideoModel
+    from tunevideo.modules.video_unet import VideoUNet
 
     cfg = CONFIGS[size]
     torch.manual_seed(0)
     with torch.device(device):
         unet = UNet2DConditionModel(**diffusers_config_from_unet_config(cfg)).to(dtype).eval()
-    return VideoModel(inflate_unet(unet), NoiseSchedule.scaled_linear()), cfg["context_dim"]
+    return VideoUNet(inflate_unet(unet), NoiseSchedule.scaled_linear()), cfg["context_dim"]
 
 
 def count_flops(fn) -> int:

@@ -32,7 +32,7 @@ def shift(a) -> None:
     from tunevideo.modules.networks.inflate import inflate_unet
     from tunevideo.modules.sampling.schedule import NoiseSchedule
     from tunevideo.modules.training.tune import TuneConfig, tune
-    from tunevideo.modules.video_unet import VideoModel
+    from tunevideo.modules.video_unet import VideoUNet
     from tunevideo.tiny import TINY_UNET_CONFIG, tiny_unet2d
 
     unet2d = tiny_unet2d(seed=0)
@@ -51,18 +51,18 @@ def shift(a) -> None:
           f"{'|d var|/var':>11} {'max':>9}")
     for trainable in (("attn_temp",), ("attn1.to_q", "attn2.to_q", "attn_temp")):
         for temporal in ("tune-a-video", "ei2-stam"):
-            model = VideoModel(inflate_unet(unet2d, temporal=temporal), NoiseSchedule.scaled_linear())
+            model = VideoUNet(inflate_unet(unet2d, temporal=temporal), NoiseSchedule.scaled_linear())
             config = TuneConfig(steps=a.steps, learning_rate=a.lr, seed=0, trainable=trainable,
                                 gradient_checkpointing=False)
             tuned, curve = tune(model, clip, ctx, config)
-            r = covariate_shift(model.unet, tuned.unet, probe_x, probe_t, probe_c)
+            r = covariate_shift(model.network, tuned.network, probe_x, probe_t, probe_c)
             print(f"{temporal:<14} {'+'.join(trainable):<22} {sum(curve[-10:]) / 10:>10.4f} "
                   f"{r['mean_shift']:>9.5f} {r['mean_shift_max']:>9.5f} {r['var_shift']:>11.5f} "
                   f"{r['var_shift_max']:>9.5f}")
 
 
 def _variants(model, pool):
-    unet = model.unet
+    unet = model.network
     return {"sparse-causal (TAV)": unet, f"fine-coarse p={pool} (EI²)": unet.with_attention("ei2-ffam",
                                                                                              {"pool_size": pool}),
             "fine-coarse + STAM": unet.with_attention("ei2-ffam", {"pool_size": pool}).with_temporal("ei2-stam")}
@@ -96,7 +96,7 @@ def mixed(a) -> None:
 
     dev = "meta" if a.flops_only else a.device
     model, ctx_dim = build_video_model(a.size, dev, torch.float32)
-    unet = model.unet.clone()
+    unet = model.network.clone()
     for p in unet.parameters():
         p.requires_grad_(True)  # the paper's preset: the whole video model
     amp = torch.bfloat16 if a.device.startswith("cuda") else None
@@ -151,8 +151,8 @@ def budget(a) -> None:
         return count_flops(run)
 
     f = DREAMIX.n_sample_frames
-    video, image = per_step(model.unet, f, True, True, True), per_step(model.unet, f, True, False, True)
-    sample = per_step(model.unet, f, False)
+    video, image = per_step(model.network, f, True, True, True), per_step(model.network, f, True, False, True)
+    sample = per_step(model.network, f, False)
     r = DREAMIX.image_ratio
     tune_flops = DREAMIX.max_train_steps * ((1 - r) * video + r * image)
     denoise_steps = round(DREAMIX.noise_strength * DREAMIX.num_inference_steps)
@@ -165,7 +165,7 @@ def budget(a) -> None:
     print(f"  total {total / 1e15:.2f} PFLOP -> {total / rate:.1f} s on one H100 at {ASSUMED_MFU:.0%} of "
           f"{H100_BF16_DENSE / 1e12:.0f} TFLOP/s (target <= 90 s)")
     f = EI2.n_sample_frames
-    ei2 = model.unet.with_attention("ei2-ffam", {"pool_size": EI2.ffam_pool_size}).with_temporal("ei2-stam")
+    ei2 = model.network.with_attention("ei2-ffam", {"pool_size": EI2.ffam_pool_size}).with_temporal("ei2-stam")
     train, fwd = per_step(ei2, f, True), per_step(ei2, f, False)
     total = EI2.max_train_steps * train + EI2.num_inference_steps * (fwd + 2 * fwd)  # inversion + guided sampling
     print(f"EI² defaults: {f} frames 512x512, {EI2.max_train_steps} tuning steps (TAV trainable set), "

@@ -20,7 +20,7 @@ def main() -> None:
     a = ap.parse_args()
     dtype = DTYPES[a.dtype]
     model, ctx_dim = build_video_model(a.size, a.device, dtype)
-    unet = model.unet
+    unet = model.network
     x = torch.randn(a.batch, 4, a.frames, a.height // 8, a.width // 8, device=a.device, dtype=dtype)
     t = torch.tensor([500], device=a.device)
     ctx = torch.randn(a.batch, 77, ctx_dim, device=a.device, dtype=dtype)

@@ -53,7 +53,7 @@ def main() -> None:
           f"checkpointing {not a.no_checkpointing}, trainable preset {a.trainable}")
 
     cfg = TuneConfig()
-    names = select_trainable(model.unet, PRESETS[a.trainable])
+    names = select_trainable(model.network, PRESETS[a.trainable])
     results = {}
     with torch.enable_grad():
         unet = _prepare_unet(model, names, dev, amp)

@@ -34,7 +34,7 @@ def main() -> None:
     a = ap.parse_args()
     dev = torch.device("meta" if a.flops_only else a.device)
     model, ctx_dim = build_video_model(a.size, "meta" if a.flops_only else a.device, torch.float32)
-    unet = model.unet.with_attention("video-p2p")
+    unet = model.network.with_attention("video-p2p")
     with torch.device(dev):
         z = torch.randn(1, 4, a.frames, a.height // 8, a.width // 8)
         cond, uncond = torch.randn(1, 77, ctx_dim), torch.randn(1, 77, ctx_dim)
@@ -76,7 +76,7 @@ def _project(a, flops_null, flops_edit) -> None:
     from tunevideo.modules.training.tune import PRESETS, select_trainable
 
     model, ctx_dim = build_video_model(a.size, "meta", torch.float32)
-    unet = model.unet.with_attention("video-p2p")
+    unet = model.network.with_attention("video-p2p")
     names = set(select_trainable(unet, PRESETS["tune-a-video-reference"]))
     for n, p in unet.named_parameters():
         p.requires_grad_(n in names)

@@ -17,14 +17,14 @@ from .files.deltas import base_identity
 from .networks.animatediff import build_motion_unet
 from .networks.inflate import inflate_unet
 from .sampling.schedule import NoiseSchedule
-from .video_unet import VideoModel
+from .video_unet import VideoUNet
 
 
 def video_model_from_ldm(state_dict: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any],
                          schedule: NoiseSchedule, latent_scale: float = SD_LATENT_SCALE,
                          dtype: torch.dtype | None = None, attention: str = "tune-a-video",
-                         attention_options: dict | None = None, temporal: str = "tune-a-video") -> VideoModel:
-    """LDM UNet weights (+ ComfyUI ``unet_config``) -> inflated :class:`VideoModel` (``attention``: see
+                         attention_options: dict | None = None, temporal: str = "tune-a-video") -> VideoUNet:
+    """LDM UNet weights (+ ComfyUI ``unet_config``) -> inflated :class:`VideoUNet` (``attention``: see
     :data:`~.inflate.ATTENTION_VARIANTS`, with ``attention_options``; ``temporal``:
     :data:`~.inflate.TEMPORAL_VARIANTS`).
 
@@ -32,22 +32,22 @@ def video_model_from_ldm(state_dict: Mapping[str, torch.Tensor], unet_config: Ma
     """
     unet2d = unet_from_ldm(state_dict, unet_config, dtype=dtype)
     unet = inflate_unet(unet2d, attention=attention, attention_options=attention_options, temporal=temporal)
-    return VideoModel(unet=unet, schedule=schedule, latent_scale=latent_scale, **base_identity(state_dict))
+    return VideoUNet(network=unet, schedule=schedule, latent_scale=latent_scale, **base_identity(state_dict))
 
 
 def video_model_with_motion(state_dict: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any],
                             schedule: NoiseSchedule, motion_module: Mapping[str, torch.Tensor], name: str,
-                            latent_scale: float = SD_LATENT_SCALE, dtype: torch.dtype | None = None) -> VideoModel:
-    """LDM UNet weights + an original-layout AnimateDiff motion module -> :class:`VideoModel` on the AnimateDiff base
+                            latent_scale: float = SD_LATENT_SCALE, dtype: torch.dtype | None = None) -> VideoUNet:
+    """LDM UNet weights + an original-layout AnimateDiff motion module -> :class:`VideoUNet` on the AnimateDiff base
     (:class:`~.animatediff.MotionUNet`; 2D tensors are ``state_dict``'s, no copy unless ``dtype`` differs)."""
     unet2d = unet_from_ldm(state_dict, unet_config, dtype=dtype)
-    return VideoModel(unet=build_motion_unet(unet2d, motion_module, name), schedule=schedule,
+    return VideoUNet(network=build_motion_unet(unet2d, motion_module, name), schedule=schedule,
                       latent_scale=latent_scale, **base_identity(state_dict))
 
 
-def video_model_from_checkpoint(components) -> VideoModel:
-    """A loaded single-file checkpoint (:class:`~.single_file.SDComponents`) -> inflated :class:`VideoModel`."""
-    return VideoModel(unet=inflate_unet(components.unet), schedule=components.schedule,
+def video_model_from_checkpoint(components) -> VideoUNet:
+    """A loaded single-file checkpoint (:class:`~.single_file.SDComponents`) -> inflated :class:`VideoUNet`."""
+    return VideoUNet(network=inflate_unet(components.unet), schedule=components.schedule,
                       latent_scale=components.latent_scale, base_hash=components.sha256_short,
                       base_fingerprint=components.fingerprint)
 

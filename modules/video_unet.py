@@ -1,6 +1,6 @@
 """The ``VIDEO_UNET`` payload: an inflated UNet with everything needed to invert, sample, tune and save it.
 
-Immutable by convention: engine functions and nodes return new :class:`VideoModel` objects (ComfyUI caches node
+Immutable by convention: engine functions and nodes return new :class:`VideoUNet` objects (ComfyUI caches node
 outputs and feeds the same object to several consumers).
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .defaults import SD_LATENT_SCALE
-from .networks.inflate import VideoUNet, own_parameter
+from .networks.base import VideoNetwork, own_parameter
 from .sampling.schedule import NoiseSchedule
 
 
@@ -35,11 +35,12 @@ class TuneRecord:
 
 
 @dataclass(frozen=True)
-class VideoModel:
-    """Inflated UNet + noise schedule + latent scale + provenance.
+class VideoUNet:
+    """What a ``VIDEO_UNET`` socket carries: a space-time network + noise schedule + latent scale + provenance.
 
     Attributes:
-        unet: the space-time UNet (``[b,c,f,h,w]`` in and out).
+        network: the space-time network, either base (:class:`~.networks.base.VideoNetwork`; ``[b,c,f,h,w]`` in and
+            out).
         schedule: training noise schedule and prediction type of the base model.
         latent_scale: multiply ComfyUI's unscaled ``LATENT`` by this before the UNet sees it.
         base_hash: :func:`~.checkpoint_io.unet_hash` of the 2D base weights (deltas check it on load).
@@ -49,7 +50,7 @@ class VideoModel:
         history: tuning runs applied so far, oldest first.
     """
 
-    unet: VideoUNet
+    network: VideoNetwork
     schedule: NoiseSchedule
     latent_scale: float = SD_LATENT_SCALE
     base_hash: str = ""
@@ -57,13 +58,13 @@ class VideoModel:
     tuned_names: frozenset[str] = frozenset()
     history: tuple[TuneRecord, ...] = field(default_factory=tuple)
 
-    def replace(self, **changes) -> VideoModel:
+    def replace(self, **changes) -> VideoUNet:
         return dataclasses.replace(self, **changes)
 
-    def with_tensors(self, tensors: Mapping[str, torch.Tensor], **changes) -> VideoModel:
+    def with_tensors(self, tensors: Mapping[str, torch.Tensor], **changes) -> VideoUNet:
         """A new model whose parameters ``tensors`` (state-dict names) hold copies of the given values, on this
         model's device and dtype; every other tensor stays shared with this model. ``changes``: other fields."""
-        unet = self.unet.clone()
+        unet = self.network.clone()
         params = dict(unet.named_parameters())
         unknown = sorted(set(tensors) - set(params))
         if unknown:
@@ -71,17 +72,17 @@ class VideoModel:
         for name, value in tensors.items():
             old = params[name]
             own_parameter(unet, name, value.detach().to(old.device, old.dtype, copy=True))
-        return self.replace(unet=unet, tuned_names=self.tuned_names | frozenset(tensors), **changes)
+        return self.replace(network=unet, tuned_names=self.tuned_names | frozenset(tensors), **changes)
 
     def delta_names(self) -> list[str]:
         """Names saved in a delta checkpoint: every tensor the base model lacks (inflation's temporal layers) and every
         tuned tensor that the UNet still has (switching to EI²'s STAM drops ``norm_temp``)."""
-        present = set(self.unet.state_dict())
-        return sorted((set(self.unet.added_parameters()) | set(self.tuned_names)) & present)
+        present = set(self.network.state_dict())
+        return sorted((set(self.network.added_parameters()) | set(self.tuned_names)) & present)
 
     def model_fn(self, device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None):
         """``fn(x [b,c,f,h,w] fp32, t, context) -> out fp32`` running the UNet in its dtype on ``device``."""
-        unet = self.unet
+        unet = self.network
         if device is not None and torch.device(device) != unet.device:
             unet = unet.clone(device=device)
         dtype = unet.dtype

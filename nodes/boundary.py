@@ -65,7 +65,7 @@ def conditioning_entries(conditioning, name: str, model) -> list[tuple[torch.Ten
     predictions weighted by strength, as ComfyUI's samplers do (:mod:`~..modules.conditioning`)."""
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
         raise ValueError(f"{name} must be a CONDITIONING from a text encoder node")
-    expected = model.unet.config.cross_attention_dim
+    expected = model.network.config.cross_attention_dim
     entries = []
     for i, entry in enumerate(conditioning):
         try:
@@ -181,6 +181,6 @@ def parked(video_model):
     from . import host
 
     where = host.offload_device()
-    if any(p.device != where for p in video_model.unet.parameters()):
-        return video_model.replace(unet=video_model.unet.clone(device=where))
+    if any(p.device != where for p in video_model.network.parameters()):
+        return video_model.replace(network=video_model.network.clone(device=where))
     return video_model

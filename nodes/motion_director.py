@@ -51,7 +51,7 @@ def video_prompts(positive, videos: int, video_unet) -> list[torch.Tensor]:
 
 
 def _metadata(video_unet, prompt: str, clips, config: MotionDirectorConfig) -> dict[str, str]:
-    info = getattr(video_unet.unet, "info", None)
+    info = getattr(video_unet.network, "info", None)
     return {"method": "motion-director", "base_model_hash": video_unet.base_hash,
             "motion_module": getattr(info, "name", ""), "motion_module_hash": getattr(info, "hash", ""),
             "frames": str(clips[0].shape[2]), "videos": str(len(clips)),
@@ -251,7 +251,7 @@ class LoadVideoLoRA:
             raise ValueError(f"lora_name {lora_name!r} must start with 'motion/' or 'spatial/'")
         folder = host.MOTION_LORA_FOLDER if group == "motion" else host.LORA_FOLDER
         kind = "temporal" if group == "motion" else "spatial"
-        lora = L.load_lora(host.model_path(name, folder), video_unet.unet, kind)
+        lora = L.load_lora(host.model_path(name, folder), video_unet.network, kind)
         return (L.merge(video_unet, lora, strength, name),)
 
 

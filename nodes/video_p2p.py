@@ -46,7 +46,7 @@ class NullTextInvertVideo:
         device = host.torch_device()
         host.free_accelerator()
         # A clone: its weights are usable by autograd even where ComfyUI made them under inference mode.
-        fn = video_unet.replace(unet=video_unet.unet.clone(device=device)).model_fn(device)
+        fn = video_unet.replace(network=video_unet.network.clone(device=device)).model_fn(device)
         config = NullTextConfig(steps=steps)
         result = null_text_invert(fn, video_unet.schedule, x0.to(device), cond, uncond, config, fast=fast,
                                   callback=host.Progress(steps * (1 if fast else 2), "NullTextInvertVideo"))
@@ -115,7 +115,7 @@ class VideoP2PEdit:
                                blend_threshold=blend_threshold)
         device = host.torch_device()
         host.free_accelerator()
-        unet = video_unet.unet.clone(device=device)
+        unet = video_unet.network.clone(device=device)
         null_text = tag["uncond"] if len(tag["uncond"]) else None
         out, _, controller = p2p_sample(unet, video_unet.schedule, x_t.to(device), cond_src, cond_edit, uncond,
                                         control, steps=tag["steps"], guidance=cfg, null_text=null_text,

@@ -62,7 +62,7 @@ def tiny_video_model(tiny_unet2d):
     from tunevideo.modules.files.deltas import base_identity
     from tunevideo.modules.networks.inflate import inflate_unet
     from tunevideo.modules.sampling.schedule import NoiseSchedule
-    from tunevideo.modules.video_unet import VideoModel
+    from tunevideo.modules.video_unet import VideoUNet
 
-    return VideoModel(inflate_unet(tiny_unet2d), NoiseSchedule.scaled_linear(),
+    return VideoUNet(inflate_unet(tiny_unet2d), NoiseSchedule.scaled_linear(),
                       **base_identity(unet_to_ldm(tiny_unet2d)))

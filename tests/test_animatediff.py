@@ -162,10 +162,11 @@ def test_node_builds_a_video_unet_the_samplers_take(tmp_path, monkeypatch, tiny_
     assert "mm_tiny_v2.ckpt" in node.INPUT_TYPES()["required"]["motion_module"][0]
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
         (video,) = node().build(fake_model(tiny_unet2d, tiny_unet_config), "mm_tiny_v2.ckpt")
-    assert video.unet.info.name == "mm_tiny_v2.ckpt" and video.unet.info.version == "v2"
+    assert video.network.info.name == "mm_tiny_v2.ckpt" and video.network.info.version == "v2"
     # A random UNet's eps is ~1 and changes fast along the path; scaled down as in test_inversion, DDIM inversion
     # then sampling with the same prompt at cfg 1 must return to the source: both pack samplers run this base.
-    gentle = video.with_tensors({k: video.unet.get_parameter(k) * 0.1 for k in ("conv_out.weight", "conv_out.bias")})
+    net = video.network
+    gentle = video.with_tensors({k: net.get_parameter(k) * 0.1 for k in ("conv_out.weight", "conv_out.bias")})
     # unit-variance latents once scaled by the model's latent scale, as real VAE latents are
     latent = {"samples": torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)) / video.latent_scale}
     with torch.inference_mode():

@@ -25,12 +25,12 @@ def test_save_load_round_trip_is_exact(tuned, tiny_video_model, tmp_path):
     meta = save_delta(tuned, path)
     tensors, stored = read_delta(path)
     assert set(tensors) == set(tuned.delta_names())
-    assert len(tensors) < len(tuned.unet.state_dict()) / 2  # a delta, not the whole UNet
+    assert len(tensors) < len(tuned.network.state_dict()) / 2  # a delta, not the whole UNet
     assert stored["method"] == "tune-a-video" and stored["prompt"] == "a man skiing"
     assert stored["base_model_hash"] == tiny_video_model.base_hash and stored["frames"] == "3"
     assert stored == meta
     loaded = load_delta(tiny_video_model, path)
-    a, b = tuned.unet.state_dict(), loaded.unet.state_dict()
+    a, b = tuned.network.state_dict(), loaded.network.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert loaded.delta_names() == tuned.delta_names()
 
@@ -52,7 +52,7 @@ def test_mismatched_base_is_refused(tuned, tiny_video_model, tmp_path):
                                      base_fingerprint=tiny_video_model.base_fingerprint.replace("A", "B"))
     with pytest.raises(BaseMismatchError, match="0123456789abcdef"):
         load_delta(other, path)
-    assert load_delta(other, path, check_base=False).unet is not None
+    assert load_delta(other, path, check_base=False).network is not None
     with pytest.raises(BaseMismatchError):  # a model without a fingerprint is judged by its hash alone
         load_delta(other.replace(base_fingerprint=""), path)
 
@@ -61,10 +61,10 @@ def test_official_full_unet_layout_loads(tuned, tiny_video_model, tmp_path):
     # Tune-A-Video saves the whole UNet3DConditionModel under unet/ (keys = ours); keep only what differs.
     folder = tmp_path / "man-skiing" / "unet"
     folder.mkdir(parents=True)
-    full = {k: v.contiguous() for k, v in tuned.unet.state_dict().items()}
+    full = {k: v.contiguous() for k, v in tuned.network.state_dict().items()}
     save_file(full, str(folder / "diffusion_pytorch_model.safetensors"))
     loaded = load_delta(tiny_video_model, tmp_path / "man-skiing")
-    a, b = tuned.unet.state_dict(), loaded.unet.state_dict()
+    a, b = tuned.network.state_dict(), loaded.network.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert loaded.delta_names() == tuned.delta_names()
     # A full checkpoint from another base differs in weights Tune-A-Video never tunes.
@@ -121,12 +121,13 @@ def test_same_base_at_another_precision_is_accepted(tuned, tiny_unet2d, tiny_une
     held = _held_in(tiny_unet2d, tiny_unet_config, dtype)
     assert held.base_hash != tuned.base_hash or dtype == torch.float16
     loaded = load_delta(held, path)
-    assert loaded.unet.state_dict()[next(iter(tuned.tuned_names))].dtype == dtype
+    assert loaded.network.state_dict()[next(iter(tuned.tuned_names))].dtype == dtype
     folder = tmp_path / "full" / "unet"
     folder.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in tuned.unet.state_dict().items()},
+    save_file({k: v.contiguous() for k, v in tuned.network.state_dict().items()},
               str(folder / "diffusion_pytorch_model.safetensors"))
-    assert load_delta(held, tmp_path / "full").tuned_names == tuned.tuned_names | set(tuned.unet.temporal_parameters())
+    temporal = set(tuned.network.temporal_parameters())
+    assert load_delta(held, tmp_path / "full").tuned_names == tuned.tuned_names | temporal
     other = _held_in(tiny_unet2d, tiny_unet_config, dtype, scale=1.05)
     with pytest.raises(BaseMismatchError, match="tuned from base model"):
         load_delta(other, path)
@@ -166,7 +167,7 @@ def test_loaded_delta_keeps_its_history_through_a_resave(tuned, tiny_video_model
 
 def test_unknown_delta_format_is_refused(tuned, tmp_path):
     path = tmp_path / "future.safetensors"
-    state = tuned.unet.state_dict()
+    state = tuned.network.state_dict()
     save_file({k: state[k].contiguous() for k in tuned.delta_names()}, str(path),
               metadata={"format": "tunevideo.delta.v9"})
     with pytest.raises(ValueError, match="tunevideo.delta.v9.*newer"):
@@ -174,17 +175,17 @@ def test_unknown_delta_format_is_refused(tuned, tmp_path):
 
 
 def test_delta_reloads_with_the_attention_it_was_tuned_with(tuned, tiny_video_model, tmp_path):
-    p2p = tuned.replace(unet=tuned.unet.with_attention("video-p2p"))
+    p2p = tuned.replace(network=tuned.network.with_attention("video-p2p"))
     path = tmp_path / "p2p.safetensors"
     assert save_delta(p2p, path)["attention"] == "video-p2p"
     loaded = load_delta(tiny_video_model, path)  # a tune-a-video base: switched as the file records
-    assert loaded.unet.attention == "video-p2p" and tiny_video_model.unet.attention == "tune-a-video"
+    assert loaded.network.attention == "video-p2p" and tiny_video_model.network.attention == "tune-a-video"
     x = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     c = torch.randn(1, 7, CTX_DIM, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        torch.testing.assert_close(loaded.unet(x, 500, c), p2p.unet(x, 500, c), rtol=0, atol=1e-5)
+        torch.testing.assert_close(loaded.network(x, 500, c), p2p.network(x, 500, c), rtol=0, atol=1e-5)
     assert save_delta(loaded, tmp_path / "again.safetensors")["attention"] == "video-p2p"
-    state = p2p.unet.state_dict()
+    state = p2p.network.state_dict()
     save_file({k: state[k].contiguous() for k in p2p.delta_names()}, str(tmp_path / "odd.safetensors"),
               metadata={"attention": "mystery"})
     with pytest.raises(ValueError, match="attention 'mystery'"):

@@ -211,7 +211,7 @@ def test_api_workflow_runs_and_tuned_weights_reload(host):
     tensors, meta = read_delta(delta)
     assert meta["base_model_hash"] == comp.sha256_short and meta["frames"] == "4" and meta["width"] == "64"
     loaded = load_delta(model, delta)
-    state = loaded.unet.state_dict()
+    state = loaded.network.state_dict()
     assert all(torch.equal(state[k].to(v.dtype), v) for k, v in tensors.items())
 
     # And through the host: load the delta with LoadTunedVideoUNet and save it again; contents must be identical.

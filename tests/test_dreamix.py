@@ -52,8 +52,8 @@ def test_frame_batch_with_temporal_bypassed_equals_the_2d_unet(tiny_unet2d, temp
 def test_temporal_weights_stay_bit_identical_through_frame_batches(tiny_video_model):
     x, c = _clip(f=2, size=8)
     tuned, curve = tune(tiny_video_model, x, c, TuneConfig(steps=2, trainable=("*",), image_ratio=1.0, **FAST))
-    before, after = tiny_video_model.unet.state_dict(), tuned.unet.state_dict()
-    temporal = set(tiny_video_model.unet.temporal_parameters())
+    before, after = tiny_video_model.network.state_dict(), tuned.network.state_dict()
+    temporal = set(tiny_video_model.network.temporal_parameters())
     assert all(torch.equal(before[k], after[k]) for k in temporal)
     assert sum(not torch.equal(before[k], after[k]) for k in before if k not in temporal) > 100  # spatial learned
     assert len(curve) == 2
@@ -166,7 +166,7 @@ def test_lora_preset_merges_into_attention_projections_only(tiny_video_model):
     x, c = _clip(f=2, size=8)
     config = TuneConfig(steps=2, trainable=("attn2.to_q", "attn2.to_v"), lora_rank=2, image_ratio=0.5, **FAST)
     tuned, _ = tune(tiny_video_model, x, c, config)
-    before, after = tiny_video_model.unet.state_dict(), tuned.unet.state_dict()
+    before, after = tiny_video_model.network.state_dict(), tuned.network.state_dict()
     assert before.keys() == after.keys()  # merged: no adapter tensors remain
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".attn2.to_q.weight" in k or ".attn2.to_v.weight" in k for k in changed)
@@ -206,24 +206,24 @@ def test_dreamix_on_the_animatediff_base():
     from tunevideo import tiny
     from tunevideo.modules.networks.animatediff import build_motion_unet
     from tunevideo.modules.sampling.schedule import NoiseSchedule
-    from tunevideo.modules.video_unet import VideoModel
+    from tunevideo.modules.video_unet import VideoUNet
 
     unet2d = tiny.tiny_unet2d()
-    model = VideoModel(build_motion_unet(unet2d, tiny.tiny_motion_module("v2", seed=4)), NoiseSchedule.scaled_linear())
+    model = VideoUNet(build_motion_unet(unet2d, tiny.tiny_motion_module("v2", seed=4)), NoiseSchedule.scaled_linear())
     x, c = _clip(f=3, size=8)
     frames, ctx = as_image_batch(x, c)
     with torch.no_grad():
-        got = model.unet(frames, 10, ctx, temporal=False)[:, :, 0]
+        got = model.network(frames, 10, ctx, temporal=False)[:, :, 0]
         want = unet2d(frames[:, :, 0], 10, ctx).sample
-        video = model.unet(x, 10, c)
+        video = model.network(x, 10, c)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert (video[0, :, 0] - got[0]).abs().max() > 1e-3  # with the motion modules the output differs
-    motion = {k: v.clone() for k, v in model.unet.temporal_parameters().items()}
+    motion = {k: v.clone() for k, v in model.network.temporal_parameters().items()}
     tuned, _ = tune(model, x, c, TuneConfig(steps=2, trainable=("*",), image_ratio=1.0, **FAST))
-    params = dict(tuned.unet.named_parameters())
+    params = dict(tuned.network.named_parameters())
     assert all(torch.equal(params[k], v) for k, v in motion.items())
-    assert not torch.equal(params["conv_in.weight"], model.unet.conv_in.weight)
+    assert not torch.equal(params["conv_in.weight"], model.network.conv_in.weight)
     # the attention preset (written for the inflated UNet's attn_temp) selects the motion modules' attentions here
     tuned, _ = tune(model, x, c, TuneConfig(steps=1, trainable=parse_patterns("dreamix-attention"), **FAST))
-    changed = {k for k, p in tuned.unet.named_parameters() if not torch.equal(p, model.unet.get_parameter(k))}
+    changed = {k for k, p in tuned.network.named_parameters() if not torch.equal(p, model.network.get_parameter(k))}
     assert any(".motion_modules." in k and ".attn2." in k for k in changed)

@@ -123,7 +123,7 @@ def test_stam_model_has_no_norm_temp_and_starts_as_the_image_model(tiny_unet2d):
 
 def test_ei2_delta_records_both_options_and_reloads_them(tiny_unet2d, tiny_video_model, tmp_path):
     base = tiny_video_model
-    ei2 = base.replace(unet=base.unet.with_attention("ei2-ffam", {"pool_size": 2}).with_temporal("ei2-stam"))
+    ei2 = base.replace(network=base.network.with_attention("ei2-ffam", {"pool_size": 2}).with_temporal("ei2-stam"))
     x, t, c = _inputs(f=2)
     tuned, _ = tune(ei2, x, c, TuneConfig(steps=1, learning_rate=1e-3, seed=0, gradient_checkpointing=False))
     path = tmp_path / "ei2.safetensors"
@@ -133,15 +133,15 @@ def test_ei2_delta_records_both_options_and_reloads_them(tiny_unet2d, tiny_video
     assert meta["attention_options"] == '{"pool_size": 2}'
     assert not any("norm_temp" in k for k in tensors)
     loaded = load_delta(base, path)  # a plain Tune-A-Video inflation switches to what the file records
-    assert (loaded.unet.temporal, loaded.unet.attention, loaded.unet.attention_options) == (
+    assert (loaded.network.temporal, loaded.network.attention, loaded.network.attention_options) == (
         "ei2-stam", "ei2-ffam", {"pool_size": 2})
     with torch.no_grad():
-        torch.testing.assert_close(loaded.unet(x, t, c), tuned.unet(x, t, c), rtol=0, atol=0)
+        torch.testing.assert_close(loaded.network(x, t, c), tuned.network(x, t, c), rtol=0, atol=0)
     # And a Tune-A-Video delta loaded onto an EI² model switches back.
     tav, _ = tune(base, x, c, TuneConfig(steps=1, seed=0, gradient_checkpointing=False))
     save_delta(tav, tmp_path / "tav.safetensors")
     back = load_delta(ei2, tmp_path / "tav.safetensors")
-    assert (back.unet.temporal, back.unet.attention) == ("tune-a-video", "tune-a-video")
+    assert (back.network.temporal, back.network.attention) == ("tune-a-video", "tune-a-video")
 
 
 def test_pool_size_that_does_not_divide_the_latent_is_named(tiny_unet2d):
@@ -161,12 +161,12 @@ def test_pool_size_that_does_not_divide_the_latent_is_named(tiny_unet2d):
 
 def test_covariate_shift_measure_is_zero_untuned_and_sees_tuning(tiny_video_model):
     x, t, c = _inputs(f=2, size=8)
-    base = tiny_video_model.unet
+    base = tiny_video_model.network
     zero = covariate_shift(base, base.clone(), x, t, c)
     assert zero["mean_shift"] == 0 and zero["var_shift"] == 0 and zero["blocks"] == 16
     config = TuneConfig(steps=1, learning_rate=1e-3, seed=0, trainable=("attn_temp",), gradient_checkpointing=False)
     tuned, _ = tune(tiny_video_model, x, c, config)
-    moved = covariate_shift(base, tuned.unet, x, t, c)
+    moved = covariate_shift(base, tuned.network, x, t, c)
     assert moved["mean_shift"] > 0 and moved["var_shift"] > 0
 
 
@@ -180,9 +180,9 @@ def test_inflate_node_offers_ei2_layers(tiny_unet2d, tiny_unet_config):
                                                       attention="ei2-ffam", temporal_layer="ei2-stam",
                                                       fine_coarse_pool=2)
         (plain,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config))
-    assert (video.unet.attention, video.unet.attention_options, video.unet.temporal) == (
+    assert (video.network.attention, video.network.attention_options, video.network.temporal) == (
         "ei2-ffam", {"pool_size": 2}, "ei2-stam")
-    assert (plain.unet.attention_options, plain.unet.temporal) == ({}, "tune-a-video")
-    blocks = [m for m in video.unet.modules() if isinstance(m, VideoTransformerBlock)]
+    assert (plain.network.attention_options, plain.network.temporal) == ({}, "tune-a-video")
+    blocks = [m for m in video.network.modules() if isinstance(m, VideoTransformerBlock)]
     assert all(isinstance(b.attn1.processor, FineCoarseAttnProcessor) and b.attn1.processor.pool_size == 2
                for b in blocks)

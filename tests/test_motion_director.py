@@ -15,7 +15,7 @@ from tunevideo.modules.networks.animatediff import build_motion_unet
 from tunevideo.modules.networks.inflate import inflate_unet
 from tunevideo.modules.sampling.schedule import NoiseSchedule
 from tunevideo.modules.training import lora as L
-from tunevideo.modules.video_unet import VideoModel
+from tunevideo.modules.video_unet import VideoUNet
 from tunevideo.nodes.boundary import INVERTED_KEY
 
 N = NODE_CLASS_MAPPINGS
@@ -30,7 +30,7 @@ def motion_file():
 @pytest.fixture(scope="module")
 def ad_model(motion_file):
     unet = build_motion_unet(tiny.tiny_unet2d(), motion_file, "mm_tiny.ckpt")
-    return VideoModel(unet, NoiseSchedule.scaled_linear())
+    return VideoUNet(unet, NoiseSchedule.scaled_linear())
 
 
 def clip(seed, frames=3):
@@ -39,7 +39,7 @@ def clip(seed, frames=3):
 
 
 def snapshot(model):
-    return {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
+    return {k: v.detach().clone() for k, v in model.network.state_dict().items()}
 
 
 def test_debiased_loss_equals_a_direct_computation():
@@ -61,10 +61,10 @@ def test_only_lora_targets_change_and_the_input_is_untouched(ad_model):
     before = snapshot(ad_model)
     x, c = clip(0)
     res = train(ad_model, [x], [c], MotionDirectorConfig(steps=3, lr_spatial=1e-2, lr_temporal=1e-2, **FAST))
-    assert all(torch.equal(v, before[k]) for k, v in ad_model.unet.state_dict().items())
-    assert not L.lora_layers(ad_model.unet)  # peft never touched the input's modules
+    assert all(torch.equal(v, before[k]) for k, v in ad_model.network.state_dict().items())
+    assert not L.lora_layers(ad_model.network)  # peft never touched the input's modules
     merged = L.merge(L.merge(ad_model, res.temporal), res.spatial[0])
-    changed = {k for k, v in merged.unet.state_dict().items() if not torch.equal(v, before[k])}
+    changed = {k for k, v in merged.network.state_dict().items() if not torch.equal(v, before[k])}
     # every layer whose LoRA moved from its zero init, and nothing else (at 8x8 latents the mid block sees 1 token,
     # where attention ignores q and k: those LoRAs get no gradient and stay zero)
     layers = {**res.temporal.layers, **res.spatial[0].layers}
@@ -122,8 +122,8 @@ def test_interrupt_leaves_the_input_intact(ad_model):
 
     with pytest.raises(InterruptedError):
         train(ad_model, [x], [c], MotionDirectorConfig(steps=5, **FAST), callback=stop)
-    assert all(torch.equal(v, before[k]) for k, v in ad_model.unet.state_dict().items())
-    assert not L.lora_layers(ad_model.unet)
+    assert all(torch.equal(v, before[k]) for k, v in ad_model.network.state_dict().items())
+    assert not L.lora_layers(ad_model.network)
 
 
 def test_files_round_trip_and_use_the_ecosystem_layouts(tmp_path, ad_model, motion_file):
@@ -150,14 +150,14 @@ def test_files_round_trip_and_use_the_ecosystem_layouts(tmp_path, ad_model, moti
         skeys = list(f.keys())
     assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in skeys
     for kind, name, lora in (("temporal", "motion", res.temporal), ("spatial", "spatial", res.spatial[0])):
-        loaded = L.load_lora(tmp_path / f"{name}.safetensors", ad_model.unet, kind)
+        loaded = L.load_lora(tmp_path / f"{name}.safetensors", ad_model.network, kind)
         a, b = L.merge(ad_model, lora, 0.7), L.merge(ad_model, loaded, 0.7)
         for key in lora.deltas():
-            torch.testing.assert_close(a.unet.get_parameter(key), b.unet.get_parameter(key), rtol=0, atol=1e-6)
-    inflated = VideoModel(inflate_unet(tiny.tiny_unet2d()),
+            torch.testing.assert_close(a.network.get_parameter(key), b.network.get_parameter(key), rtol=0, atol=1e-6)
+    inflated = VideoUNet(inflate_unet(tiny.tiny_unet2d()),
                           NoiseSchedule.scaled_linear())
     with pytest.raises(ValueError, match="AnimateDiffVideoUNet"):
-        L.load_lora(tmp_path / "motion.safetensors", inflated.unet, "temporal")
+        L.load_lora(tmp_path / "motion.safetensors", inflated.network, "temporal")
 
 
 def test_inflated_base_trains_attn_temp_loras(tiny_video_model):
@@ -184,7 +184,8 @@ def test_nodes_train_save_load_and_mix_noise(tmp_path, monkeypatch, ad_model):
     # output_spatial_strength 0: the returned model is the input + the temporal LoRA only; loading the file agrees
     (loaded,) = N["LoadVideoLoRA"]().load(ad_model, f"motion/{paths}", 1.0)
     for key in temporal.deltas():
-        torch.testing.assert_close(loaded.unet.get_parameter(key), video.unet.get_parameter(key), rtol=0, atol=1e-6)
+        torch.testing.assert_close(loaded.network.get_parameter(key), video.network.get_parameter(key),
+                                   rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="frames_per_video"):
         N["SpatialTemporalLoRATrain"]().run(ad_model, latent, cond(0), 4, 1, 2, 1e-3, 1e-3, 0,
                                             "spatial+temporal", False, "fp32")
@@ -208,10 +209,11 @@ def test_a_tuned_animatediff_unet_saves_and_reloads_as_a_delta(tmp_path, ad_mode
     meta = save_delta(tuned, tmp_path / "d.safetensors")
     assert meta["attention"] == "animatediff" and meta["motion_module"] == "mm_tiny.ckpt"
     back = load_delta(ad_model, tmp_path / "d.safetensors")
-    assert all(torch.equal(back.unet.get_parameter(k), tuned.unet.get_parameter(k)) for k in res.temporal.deltas())
+    assert all(torch.equal(back.network.get_parameter(k), tuned.network.get_parameter(k))
+               for k in res.temporal.deltas())
     with pytest.raises(ValueError, match="AnimateDiffVideoUNet"):
         load_delta(tiny_video_model, tmp_path / "d.safetensors", check_base=False)
-    other = VideoModel(build_motion_unet(tiny.tiny_unet2d(), tiny.tiny_motion_module("v2", seed=9), "other.ckpt"),
+    other = VideoUNet(build_motion_unet(tiny.tiny_unet2d(), tiny.tiny_motion_module("v2", seed=9), "other.ckpt"),
                        NoiseSchedule.scaled_linear())
     with pytest.raises(BaseMismatchError, match="motion module"):
         load_delta(other, tmp_path / "d.safetensors")
@@ -239,8 +241,8 @@ def test_image_animation_spatial_lora_from_one_image_plus_a_motion_lora(ad_model
     assert res.temporal is None and all(v == v for v in res.spatial_losses)  # the spatial path ran every step
     animated = L.merge(L.merge(ad_model, res.spatial[0], 0.8), motion, 1.0)
     keys = {*res.spatial[0].deltas(), *motion.deltas()}
-    before = dict(ad_model.unet.named_parameters())
-    changed = {k for k, p in animated.unet.named_parameters() if not torch.equal(p, before[k])}
+    before = dict(ad_model.network.named_parameters())
+    changed = {k for k, p in animated.network.named_parameters() if not torch.equal(p, before[k])}
     assert changed <= keys and len(changed) > 0.9 * len(keys)
 
 

@@ -66,7 +66,7 @@ def test_full_chain_under_inference_mode(tiny_unet2d, tiny_unet_config, tmp_path
     src, empty, edit = cond(1), cond(2), cond(3)
     with torch.inference_mode():
         (video,) = N["InflateUNetTemporal"]().inflate(model)
-        base_state = {k: v.clone() for k, v in video.unet.state_dict().items()}
+        base_state = {k: v.clone() for k, v in video.network.state_dict().items()}
         tuned, curve = N["OneShotTune"]().run(video, latent, src, steps=3, learning_rate=1e-3, seed=0,
                                               trainable="tune-a-video", custom_patterns="", batch_size=1,
                                               gradient_checkpointing=True, mixed_precision="auto",
@@ -80,11 +80,11 @@ def test_full_chain_under_inference_mode(tiny_unet2d, tiny_unet_config, tmp_path
     assert noise["samples"].shape == (3, 4, 16, 16) and noise[INVERTED_KEY]["frames"] == 3
     assert out["samples"].shape == (3, 4, 16, 16) and torch.isfinite(out["samples"]).all()
     assert rel == "tests/run_00001.safetensors" and (tmp_path / "models" / "tunevideo" / rel).is_file()
-    a, b = tuned.unet.state_dict(), loaded.unet.state_dict()
+    a, b = tuned.network.state_dict(), loaded.network.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     # Nothing the graph fed in was changed.
     assert torch.equal(latent["samples"], latent_before)
-    after = video.unet.state_dict()
+    after = video.network.state_dict()
     assert all(torch.equal(base_state[k], after[k]) for k in base_state)
     # A second save never overwrites the first.
     with torch.inference_mode():
@@ -127,7 +127,7 @@ def test_frozen_weights_stay_shared_under_inference_mode(tiny_unet2d, tiny_unet_
     base = {k: v.untyped_storage().data_ptr() for k, v in model.model.diffusion_model.state_dict().items()}
     assert set(base) >= {"input_blocks.1.1.proj_in.weight", "out.2.weight"}
     for result in (video, tuned, loaded):
-        frozen = [p for n, p in result.unet.named_parameters()
+        frozen = [p for n, p in result.network.named_parameters()
                   if n not in result.tuned_names and TEMPORAL_MARKER not in n]
         tuned_2d = [n for n in result.tuned_names if TEMPORAL_MARKER not in n]
         assert len(frozen) == len(base) - len(tuned_2d)
@@ -196,7 +196,7 @@ def test_inflate_node_offers_the_video_p2p_attention(tiny_unet2d, tiny_unet_conf
     with torch.inference_mode():
         (plain,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config))
         (p2p,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config), attention="video-p2p")
-    assert (plain.unet.attention, p2p.unet.attention) == ("tune-a-video", "video-p2p")
+    assert (plain.network.attention, p2p.network.attention) == ("tune-a-video", "video-p2p")
 
 
 def test_v_prediction_model_gives_v_schedule(tiny_unet2d, tiny_unet_config):
@@ -206,7 +206,7 @@ def test_v_prediction_model_gives_v_schedule(tiny_unet2d, tiny_unet_config):
                                                                  family="SD21"))
     assert video.schedule.prediction_type == "v_prediction"
     assert torch.allclose(video.schedule.alphas_cumprod, NoiseSchedule.scaled_linear().alphas_cumprod, rtol=1e-5)
-    assert video.unet.config.attention_head_dim == [2, 4, 4, 4]  # 16-channel heads over 32, 64, 64, 64 channels
+    assert video.network.config.attention_head_dim == [2, 4, 4, 4]  # 16-channel heads over 32, 64, 64, 64 channels
 
 
 def test_interrupt_from_host_stops_tuning_and_leaves_inputs_intact(tiny_unet2d, tiny_unet_config, monkeypatch):
@@ -224,7 +224,7 @@ def test_interrupt_from_host_stops_tuning_and_leaves_inputs_intact(tiny_unet2d, 
 
     with torch.inference_mode():
         (video,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config))
-        before = {k: v.clone() for k, v in video.unet.state_dict().items()}
+        before = {k: v.clone() for k, v in video.network.state_dict().items()}
         latent = {"samples": torch.randn(2, 4, 16, 16)}
         monkeypatch.setattr(host, "check_interrupt", interrupt)
         with pytest.raises(Interrupted):
@@ -232,7 +232,7 @@ def test_interrupt_from_host_stops_tuning_and_leaves_inputs_intact(tiny_unet2d, 
                                    trainable="tune-a-video", custom_patterns="", batch_size=1,
                                    gradient_checkpointing=False, mixed_precision="auto")
     assert len(calls) == 2
-    after = video.unet.state_dict()
+    after = video.network.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 

@@ -66,7 +66,7 @@ def test_refinement_mapper_marks_inserted_words():
 @pytest.fixture()
 def clip(tiny_video_model):
     g = torch.Generator().manual_seed(0)
-    unet = tiny_video_model.unet.with_attention("video-p2p")
+    unet = tiny_video_model.network.with_attention("video-p2p")
     x0 = torch.randn(1, 4, 2, 8, 8, generator=g)
     src, edit, empty = (torch.randn(1, 77, CTX_DIM, generator=g) for _ in range(3))
     return unet, tiny_video_model.schedule, x0, src, edit, empty

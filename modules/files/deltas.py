@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from ..convert.unet import strip_ldm_prefix
 from ..networks.inflate import ATTENTION_VARIANTS, TEMPORAL_MARKER, TEMPORAL_VARIANTS
-from ..video_unet import TuneRecord, VideoModel
+from ..video_unet import TuneRecord, VideoUNet
 from .atomic import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -106,25 +106,25 @@ def fingerprints_match(a: str, b: str) -> bool:
 
 
 def base_identity(ldm_state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
-    """``base_hash`` and ``base_fingerprint`` of a base UNet, as :class:`~.video_model.VideoModel` fields."""
+    """``base_hash`` and ``base_fingerprint`` of a base UNet, as :class:`~.video_model.VideoUNet` fields."""
     return {"base_hash": unet_hash(ldm_state_dict), "base_fingerprint": unet_fingerprint(ldm_state_dict)}
 
 
-def delta_metadata(model: VideoModel) -> dict[str, str]:
+def delta_metadata(model: VideoUNet) -> dict[str, str]:
     last = model.history[-1] if model.history else None
     meta = {
         "format": FORMAT,
         "method": last.method if last else "inflated",
         "base_model_hash": model.base_hash,
         "base_fingerprint": model.base_fingerprint,
-        "attention": model.unet.attention,
-        "attention_options": json.dumps(getattr(model.unet, "attention_options", {}), sort_keys=True),
-        "temporal": getattr(model.unet, "temporal", "tune-a-video"),
+        "attention": model.network.attention,
+        "attention_options": json.dumps(getattr(model.network, "attention_options", {}), sort_keys=True),
+        "temporal": getattr(model.network, "temporal", "tune-a-video"),
         "prediction_type": model.schedule.prediction_type,
         "latent_scale": repr(model.latent_scale),
         "history": json.dumps([r.__dict__ for r in model.history]),
     }
-    info = getattr(model.unet, "info", None)  # the AnimateDiff base: which motion module
+    info = getattr(model.network, "info", None)  # the AnimateDiff base: which motion module
     if info is not None:
         meta.update(motion_module=info.name, motion_module_hash=info.hash)
     if last:
@@ -133,12 +133,12 @@ def delta_metadata(model: VideoModel) -> dict[str, str]:
     return meta
 
 
-def save_delta(model: VideoModel, path: str | os.PathLike, overwrite: bool = False) -> dict[str, str]:
+def save_delta(model: VideoUNet, path: str | os.PathLike, overwrite: bool = False) -> dict[str, str]:
     """Write the tuned/added tensors of ``model`` to ``path`` (``.safetensors``). Returns the metadata written."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"delta file name {path.name!r} must end with .safetensors")
-    state = model.unet.state_dict()
+    state = model.network.state_dict()
     tensors = {k: state[k].detach().to("cpu").contiguous() for k in model.delta_names()}
     meta = delta_metadata(model)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite)
@@ -173,7 +173,7 @@ def read_delta(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     return tensors, meta
 
 
-def load_delta(model: VideoModel, path: str | os.PathLike, check_base: bool = True) -> VideoModel:
+def load_delta(model: VideoUNet, path: str | os.PathLike, check_base: bool = True) -> VideoUNet:
     """Apply a delta (or a full Tune-A-Video UNet checkpoint) to inflated ``model``; returns a new model.
 
     Raises:
@@ -186,18 +186,18 @@ def load_delta(model: VideoModel, path: str | os.PathLike, check_base: bool = Tr
     if fmt != FORMAT and fmt.startswith("tunevideo.delta."):
         raise ValueError(f"{Path(path).name} has format {fmt}, written by a newer TuneVideo than this one "
                          f"({FORMAT}); update the pack")
-    attention = meta.get("attention", model.unet.attention)
-    if "animatediff" in (attention, model.unet.attention) and attention != model.unet.attention:
+    attention = meta.get("attention", model.network.attention)
+    if "animatediff" in (attention, model.network.attention) and attention != model.network.attention:
         made = "the AnimateDiff base (AnimateDiffVideoUNet)" if attention == "animatediff" else \
             "an inflated UNet (InflateUNetTemporal)"
         raise ValueError(f"{Path(path).name} was tuned on {made}; build this VIDEO_UNET the same way")
     recorded_mm = meta.get("motion_module_hash", "")
-    own_mm = getattr(getattr(model.unet, "info", None), "hash", "")
+    own_mm = getattr(getattr(model.network, "info", None), "hash", "")
     if check_base and recorded_mm and own_mm and recorded_mm != own_mm:
         raise BaseMismatchError(f"{Path(path).name} was tuned with motion module {meta.get('motion_module')} "
-                                f"({recorded_mm}); this VIDEO_UNET uses {model.unet.info.name} ({own_mm})")
+                                f"({recorded_mm}); this VIDEO_UNET uses {model.network.info.name} ({own_mm})")
     model = _with_recorded_layers(model, meta, Path(path).name)
-    own = model.unet.state_dict()
+    own = model.network.state_dict()
     unknown = sorted(set(tensors) - set(own))
     if unknown:
         raise ValueError(f"{Path(path).name}: {len(unknown)} keys are not Tune-A-Video UNet keys of this model, "
@@ -213,10 +213,10 @@ def load_delta(model: VideoModel, path: str | os.PathLike, check_base: bool = Tr
     return model.with_tensors(tensors, history=model.history + _history(meta))
 
 
-def _with_recorded_layers(model: VideoModel, meta: Mapping[str, str], name: str) -> VideoModel:
+def _with_recorded_layers(model: VideoUNet, meta: Mapping[str, str], name: str) -> VideoUNet:
     """The file says how it was tuned: spatial attention (+ options) and temporal layer. Files without the
     ``temporal`` entry (older deltas, official checkpoints) were made with Tune-A-Video's temporal layer."""
-    unet = model.unet
+    unet = model.network
     attention = meta.get("attention", unet.attention)
     try:
         options = json.loads(meta.get("attention_options", "{}"))
@@ -236,7 +236,7 @@ def _with_recorded_layers(model: VideoModel, meta: Mapping[str, str], name: str)
                              f"know ({list(TEMPORAL_VARIANTS)}); update the pack")
         logger.info("%s: switching temporal layer %s -> %s as recorded", name, unet.temporal, temporal)
         unet = unet.with_temporal(temporal)
-    return model if unet is model.unet else model.replace(unet=unet)
+    return model if unet is model.network else model.replace(network=unet)
 
 
 def _history(meta: Mapping[str, str]) -> tuple[TuneRecord, ...]:
@@ -248,7 +248,7 @@ def _history(meta: Mapping[str, str]) -> tuple[TuneRecord, ...]:
         raise ValueError(f"delta metadata 'history' is unreadable ({e})") from e
 
 
-def _check_base(model: VideoModel, meta: Mapping[str, str], name: str) -> None:
+def _check_base(model: VideoUNet, meta: Mapping[str, str], name: str) -> None:
     """Same hash, or (the same base at another precision) matching fingerprints; else BaseMismatchError."""
     recorded = meta.get("base_model_hash", "")
     if not recorded or not model.base_hash or recorded == model.base_hash:

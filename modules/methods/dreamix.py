@@ -7,7 +7,7 @@ Dreamix (Molad et al., "Dreamix: Video Diffusion Models are General Video Editor
   keeps the clip's appearance without locking onto its motion. Here: each tuning step is a video batch or a frame
   batch, drawn with probability ``image_ratio`` from a seeded generator (:func:`mix_schedule`); a frame batch puts
   the frames in the batch dimension (``f = 1``) and bypasses every temporal layer (:func:`as_image_batch`,
-  ``VideoUNet.forward(..., temporal=False)``), so temporal weights get no gradient and AdamW leaves them untouched.
+  ``InflatedUNet.forward(..., temporal=False)``), so temporal weights get no gradient and AdamW leaves them untouched.
   The loop is the pack's one tuning loop (:func:`~.tune.tune` with ``TuneConfig.image_ratio``).
 - Sec. 3.1, *inference from a degraded video*: the source is downsampled in space (and time), brought back to the
   working size, encoded, noised to noise scale ``s`` and denoised with the finetuned model from there

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..training import lora as L
 from ..training.tune import _precision
-from ..video_unet import TuneRecord, VideoModel
+from ..video_unet import TuneRecord, VideoUNet
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def debiased_loss(pred: torch.Tensor, target: torch.Tensor, anchor: int, beta: f
     return F.mse_loss(alpha * pred - beta * pred[:, :, a], alpha * target - beta * target[:, :, a])
 
 
-def train(model: VideoModel, clips: Sequence[torch.Tensor], contexts: Sequence[torch.Tensor],
+def train(model: VideoUNet, clips: Sequence[torch.Tensor], contexts: Sequence[torch.Tensor],
           config: MotionDirectorConfig = MotionDirectorConfig(), device: torch.device | str | None = None,
           callback: Callable[[int, int, dict], None] | None = None,
           metadata: dict[str, str] | None = None) -> MotionDirectorResult:
@@ -112,7 +112,7 @@ def train(model: VideoModel, clips: Sequence[torch.Tensor], contexts: Sequence[t
         if x.dim() != 5 or x.shape[0] != 1 or x.shape[2] < min_frames:
             raise ValueError(f"clip {i}: latents must be [1, c, f>={min_frames}, h, w] (the temporal path needs "
                              f"motion: at least 2 frames), got {tuple(x.shape)}")
-    device = torch.device(device) if device is not None else model.unet.device
+    device = torch.device(device) if device is not None else model.network.device
     amp = _precision(config.mixed_precision, device)
     spatial_names = [f"spatial_{i}" for i in range(len(clips))] if config.paths != "temporal" else []
     temporal_on = config.paths != "spatial"
@@ -120,7 +120,7 @@ def train(model: VideoModel, clips: Sequence[torch.Tensor], contexts: Sequence[t
     forked = [device] if device.type == "cuda" else []
     with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=forked):
         torch.manual_seed(config.seed)
-        unet = model.unet.clone(device=device, dtype=torch.float32 if amp is None else None)
+        unet = model.network.clone(device=device, dtype=torch.float32 if amp is None else None)
         kind = L.base_kind(unet)
         for name in spatial_names:
             L.add_adapter(unet, name, L.SPATIAL_TARGETS, config.rank, config.dropout)

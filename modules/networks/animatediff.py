@@ -8,7 +8,7 @@ It is converted with diffusers' own single-file conversion
 (``diffusers.loaders.single_file_utils.convert_animatediff_checkpoint_to_diffusers``) into a ``MotionAdapter`` state
 dict, and combined with the user's SD1.5 UNet into a diffusers ``UNetMotionModel`` whose 2D weights are *shared* with
 that UNet (built on the meta device and assigned, never copied). :class:`MotionUNet` wraps it with the interface of
-the inflated :class:`~.inflate.VideoUNet`, so every sampler, inversion and tuning path of the pack takes either.
+the inflated :class:`~.inflate.InflatedUNet`, so every sampler, inversion and tuning path of the pack takes either.
 
 Adapter configs of the published SD1.5 modules are shipped (:data:`ADAPTER_CONFIGS`, the values of diffusers'
 ``guoyww/animatediff-motion-adapter-v1-5{,-2,-3}`` configs); block widths, layer counts and the positional table
@@ -34,7 +34,7 @@ from torch import nn
 
 from ..convert.unet import UnsupportedModelError
 from ..files.deltas import unet_hash
-from .inflate import VideoUNetBase, retarget, share_clone, usable_alias
+from .base import VideoNetwork, retarget, share_clone, usable_alias
 
 logger = logging.getLogger(__name__)
 
@@ -230,10 +230,10 @@ class _PassThrough(nn.Module):
         return hidden_states
 
 
-class MotionUNet(VideoUNetBase):
+class MotionUNet(VideoNetwork):
     """AnimateDiff video UNet. ``forward(sample [b,c,f,h,w], timestep, encoder_hidden_states [b,n,d]) -> [b,c,f,h,w]``.
 
-    Same interface as :class:`~.inflate.VideoUNet`. Its children are those of the wrapped ``UNetMotionModel``, so
+    Same interface as :class:`~.inflate.InflatedUNet`. Its children are those of the wrapped ``UNetMotionModel``, so
     ``state_dict()`` keys are diffusers' (``down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q.weight``;
     :func:`original_key` maps them to the file's). ``attention`` is ``"animatediff"``: the spatial self-attention is
     the image model's, per frame; motion comes from the motion modules.

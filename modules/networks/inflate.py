@@ -12,13 +12,12 @@ Tune-A-Video (Wu et al., ICCV 2023), Sec. 4.1, as implemented by its ``UNet3DCon
 
 The 2D weights are shared with the input UNet, never copied and never modified: :func:`share_clone` builds a new
 module tree over the same ``Parameter`` objects. Tuning later gives the trainable tensors their own copies
-(:func:`own_parameter`). ``VideoUNet.state_dict()`` keys equal the reference's, so Tune-A-Video checkpoints load
+(:func:`own_parameter`). ``InflatedUNet.state_dict()`` keys equal the reference's, so Tune-A-Video checkpoints load
 with ``strict=True``.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
@@ -39,6 +38,7 @@ from .attention import (
     TemporalAttnProcessor,
     level_grid,
 )
+from .base import VideoNetwork, retarget, share_clone
 from .norms import FrameContext, FrameGroupNorm, InstanceCentering, MixedLayerNorm
 
 logger = logging.getLogger(__name__)
@@ -136,54 +136,7 @@ class VideoTransformerBlock(nn.Module):
         return self.attn_temp(self.norm_temp(h), num_frames=f) + h
 
 
-def share_clone(module: nn.Module) -> nn.Module:
-    """A structural copy of ``module`` whose parameters and buffers are the *same objects*.
-
-    Replacing a submodule or a processor in the copy leaves the original untouched; the weights stay shared.
-    """
-    new = copy.copy(module)
-    for name, value in vars(module).items():
-        if isinstance(value, dict) and (name in ("_parameters", "_buffers") or "hook" in name):
-            new.__dict__[name] = type(value)(value)
-    new._modules = {k: (share_clone(v) if v is not None else None) for k, v in module._modules.items()}
-    return new
-
-
-class VideoUNetBase(nn.Module):
-    """What every video UNet of the pack shares: it wraps a diffusers UNet (``_core``) whose children are registered
-    as its own (so ``state_dict()`` keys are the core's), and exposes its config, dtype, device, training mode and
-    gradient checkpointing. Subclasses: :class:`VideoUNet` (inflated), :class:`~.animatediff.MotionUNet`."""
-
-    def __init__(self, core: nn.Module):
-        super().__init__()
-        for name, child in core.named_children():
-            self.add_module(name, child)
-        object.__setattr__(self, "_core", core)  # not a child: its children are ours already
-
-    @property
-    def config(self):
-        return self._core.config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.conv_in.weight.device
-
-    def train(self, mode: bool = True):
-        self._core.training = mode
-        return super().train(mode)
-
-    def enable_gradient_checkpointing(self) -> None:
-        self._core.enable_gradient_checkpointing()
-
-    def disable_gradient_checkpointing(self) -> None:
-        self._core.disable_gradient_checkpointing()
-
-
-class VideoUNet(VideoUNetBase):
+class InflatedUNet(VideoNetwork):
     """Inflated UNet. ``forward(sample [b,c,f,h,w], timestep, encoder_hidden_states [b,n,d]) -> [b,c,f,h,w]``.
 
     Its registered children are those of the wrapped 2D UNet, so ``state_dict()`` keys are the reference
@@ -224,8 +177,8 @@ class VideoUNet(VideoUNetBase):
         """Tensors a tuned-weights delta carries besides the tuned ones: everything inflation added."""
         return self.temporal_parameters()
 
-    def clone(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> VideoUNet:
-        """A new VideoUNet over the same weights, optionally on another device/dtype.
+    def clone(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> InflatedUNet:
+        """A new InflatedUNet over the same weights, optionally on another device/dtype.
 
         Every parameter gets a new ``Parameter`` object (so ``requires_grad`` flags, ``.to()`` and replacement never
         reach the source); storage stays shared unless a device/dtype conversion copies it. Tensors made under
@@ -236,11 +189,11 @@ class VideoUNet(VideoUNetBase):
         context = FrameContext()
         with torch.inference_mode(False):
             retarget(core, device, dtype, context)
-        video = VideoUNet(core, context, self.attention, self.attention_options, self.temporal)
+        video = InflatedUNet(core, context, self.attention, self.attention_options, self.temporal)
         video.train(self.training)
         return video
 
-    def with_attention(self, attention: str, options: dict | None = None) -> VideoUNet:
+    def with_attention(self, attention: str, options: dict | None = None) -> InflatedUNet:
         """A clone (weights shared) whose spatial self-attention is ``attention`` (a key of ATTENTION_VARIANTS) with
         ``options`` (FFAM: ``{"pool_size": p}``)."""
         attention_processor(attention, options)  # validates
@@ -251,7 +204,7 @@ class VideoUNet(VideoUNetBase):
         video.attention, video.attention_options = attention, dict(options or {})
         return video
 
-    def with_temporal(self, temporal: str) -> VideoUNet:
+    def with_temporal(self, temporal: str) -> InflatedUNet:
         """A clone (weights shared) whose temporal layers are ``temporal`` (one of TEMPORAL_VARIANTS). Switching to
         STAM drops ``norm_temp``'s tensors; switching back gives a fresh identity LayerNorm."""
         if temporal not in TEMPORAL_VARIANTS:
@@ -262,39 +215,6 @@ class VideoUNet(VideoUNetBase):
                 block.set_temporal(temporal)
         video.temporal = temporal
         return video
-
-
-def retarget(core: nn.Module, device=None, dtype=None, context: FrameContext | None = None) -> None:
-    """Give every parameter and buffer of ``core`` (a :func:`share_clone` copy) a new ``Parameter``/tensor, on
-    ``device``/``dtype`` where given (storage shared otherwise), and every attention module its own processor
-    object; layers that read a :class:`FrameContext` get ``context``. Shared by every video UNet's ``clone``."""
-    for m in core.modules():
-        if context is not None and isinstance(getattr(m, "context", None), FrameContext):
-            m.context = context
-        if isinstance(m, Attention):
-            m.set_processor(copy.copy(m.processor))
-        for name, p in m._parameters.items():
-            if p is not None:
-                m._parameters[name] = nn.Parameter(_placed(p, device, dtype), requires_grad=False)
-        for name, b in m._buffers.items():
-            if b is not None:
-                m._buffers[name] = _placed(b, device, None)
-
-
-def _placed(t: torch.Tensor, device, dtype) -> torch.Tensor:
-    out = t.detach().to(device=device if device is not None else t.device,
-                        dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
-    return usable_alias(out)
-
-
-def usable_alias(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself, or, for an inference tensor (made under ``torch.inference_mode``, as ComfyUI loads weights), a
-    normal tensor over the *same storage*: autograd may save it for backward, and nothing is copied."""
-    if not t.is_inference():
-        return t
-    with torch.inference_mode(False):
-        return torch.empty(0, dtype=t.dtype, device=t.device).set_(
-            t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
 
 
 def _check_inflatable(unet: nn.Module) -> None:
@@ -313,8 +233,8 @@ def _check_variant(attention: str) -> None:
 
 def inflate_unet(unet2d: UNet2DConditionModel, init_seed: int = TEMPORAL_INIT_SEED,
                  attention: str = "tune-a-video", attention_options: dict | None = None,
-                 temporal: str = "tune-a-video") -> VideoUNet:
-    """Inflate a diffusers SD1.x/SD2.x UNet into a Tune-A-Video space-time :class:`VideoUNet`.
+                 temporal: str = "tune-a-video") -> InflatedUNet:
+    """Inflate a diffusers SD1.x/SD2.x UNet into a Tune-A-Video space-time :class:`InflatedUNet`.
 
     ``attention`` picks the spatial self-attention (:data:`ATTENTION_VARIANTS`): ``tune-a-video`` (sparse-causal) or
     ``video-p2p`` (first frame only) or ``ei2-ffam`` (fine-coarse, ``attention_options={"pool_size": p}``); all share
@@ -336,7 +256,7 @@ def inflate_unet(unet2d: UNet2DConditionModel, init_seed: int = TEMPORAL_INIT_SE
 
 
 def _inflate(unet2d: UNet2DConditionModel, attention: str, attention_options: dict | None = None,
-             temporal: str = "tune-a-video") -> VideoUNet:
+             temporal: str = "tune-a-video") -> InflatedUNet:
     core = share_clone(unet2d)
     context = FrameContext()
     for module in list(core.modules()):
@@ -352,18 +272,7 @@ def _inflate(unet2d: UNet2DConditionModel, attention: str, attention_options: di
             for i, block in enumerate(blocks):
                 blocks[i] = VideoTransformerBlock(block, context, attention, attention_options, temporal)
     core.conv_norm_out = FrameGroupNorm(core.conv_norm_out, context)
-    video = VideoUNet(core, context, attention, attention_options, temporal).eval()
+    video = InflatedUNet(core, context, attention, attention_options, temporal).eval()
     for p in video.temporal_parameters().values():  # shared 2D parameters keep their flags
         p.requires_grad_(False)
     return video
-
-
-def own_parameter(model: nn.Module, name: str, value: torch.Tensor, requires_grad: bool = False) -> None:
-    """Make parameter ``name`` (state-dict name) of ``model`` a new ``Parameter`` holding ``value``.
-
-    Only this model sees the change: models that shared the old tensor (the 2D UNet, the model a clone came from)
-    keep it. ``value`` should be a fresh tensor (a copy), not a view of a shared one.
-    """
-    owner_name, _, leaf = name.rpartition(".")
-    with torch.inference_mode(False):
-        model.get_submodule(owner_name)._parameters[leaf] = nn.Parameter(value, requires_grad=requires_grad)

@@ -16,7 +16,7 @@ from torch import nn
 
 
 class FrameContext:
-    """Per-model state read by layers that must know the clip length: set by :meth:`VideoUNet.forward`."""
+    """Per-model state read by layers that must know the clip length: set by :meth:`InflatedUNet.forward`."""
 
     def __init__(self) -> None:
         self.num_frames = 1

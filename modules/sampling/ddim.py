@@ -5,7 +5,7 @@ empty prompt to get structure-preserving noise ``x_T``, which is then DDIM-sampl
 classifier-free guidance (Ho & Salimans, 2022). Both are pure functions over tensors.
 
 Shapes: latents ``[b, c, f, h, w]`` *scaled* (already multiplied by the VAE latent scale), text embeddings
-``[b, n, d]`` (or ``[1, n, d]``, broadcast). ``model(x, t, context) -> out`` has the :class:`~.inflate.VideoUNet`
+``[b, n, d]`` (or ``[1, n, d]``, broadcast). ``model(x, t, context) -> out`` has the :class:`~.inflate.InflatedUNet`
 signature. ``callback(step, total, info)`` is called after every step; raising from it stops the loop.
 """
 

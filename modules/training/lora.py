@@ -4,7 +4,7 @@
   MotionDirector's init, ``utils/lora.py:54-55``; ``lora_alpha = r`` so the scale is 1 as there) into a clone of a
   video UNet; :func:`activate` chooses which adapters run and which train.
 - In memory: :class:`LoRAWeights`, the ``(down [r,in], up [out,r])`` pair of every adapted ``nn.Linear`` by module
-  path of the video UNet, with ``alpha``; :func:`merge` bakes it into a :class:`~.video_model.VideoModel` at a
+  path of the video UNet, with ``alpha``; :func:`merge` bakes it into a :class:`~.video_model.VideoUNet` at a
   strength (new tensors only for the adapted weights; the rest stays shared).
 - Files (safetensors, metadata carried along):
   * spatial LoRAs: kohya's diffusers-name layout that ComfyUI core's ``LoraLoader`` maps for SD1.x
@@ -58,7 +58,7 @@ KOHYA_PREFIX = "lora_unet_"
 
 
 def base_kind(unet: nn.Module) -> str:
-    """``animatediff`` for a :class:`~.animatediff.MotionUNet`, ``inflated`` for a Tune-A-Video ``VideoUNet``."""
+    """``animatediff`` for a :class:`~.animatediff.MotionUNet`, ``inflated`` for a Tune-A-Video ``InflatedUNet``."""
     return "animatediff" if getattr(unet, "attention", "") == "animatediff" else "inflated"
 
 
@@ -165,14 +165,14 @@ def merged_weights(unet: nn.Module, name: str = "default") -> dict[str, torch.Te
 
 
 def merge(model, lora: LoRAWeights, strength: float = 1.0, name: str = "LoRA"):
-    """``model`` (a :class:`~.video_model.VideoModel`) with ``lora`` baked in at ``strength``: a new model whose
+    """``model`` (a :class:`~.video_model.VideoUNet`) with ``lora`` baked in at ``strength``: a new model whose
     changed weights are new tensors and whose other weights stay shared. Clear errors for a LoRA of another base."""
     if strength == 0 or not lora.layers:
         return model
-    if lora.base != base_kind(model.unet):
+    if lora.base != base_kind(model.network):
         raise ValueError(f"{name} is a {lora.kind} LoRA for the {lora.base} base; this VIDEO_UNET is "
-                         f"{base_kind(model.unet)}")
-    params = dict(model.unet.named_parameters())
+                         f"{base_kind(model.network)}")
+    params = dict(model.network.named_parameters())
     new = {}
     for key, delta in lora.deltas(strength).items():
         if key not in params:

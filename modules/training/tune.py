@@ -13,7 +13,7 @@ probability, a batch of the clip's frames as independent images with the tempora
 The clip is encoded once and the loss uses that latent (the VAE posterior mean, which is also what ComfyUI's VAE
 Encode returns); the reference draws a new posterior sample every step.
 
-:func:`tune` is a pure function of its inputs: it returns a new :class:`~.video_model.VideoModel` and the loss curve;
+:func:`tune` is a pure function of its inputs: it returns a new :class:`~.video_model.VideoUNet` and the loss curve;
 the input model is never modified, also when the loop is interrupted (the callback raises).
 """
 
@@ -30,9 +30,10 @@ import torch.nn.functional as F
 
 from ..defaults import TAV, TUNE_A_VIDEO_REFERENCE_TRAINABLE
 from ..methods.dreamix import DREAMIX_PRESETS, as_image_batch, check_unit, mix_schedule, trainable_for
-from ..networks.inflate import VideoUNet, own_parameter
+from ..networks.base import own_parameter
+from ..networks.inflate import InflatedUNet
 from ..sampling.schedule import NoiseSchedule
-from ..video_unet import TuneRecord, VideoModel
+from ..video_unet import TuneRecord, VideoUNet
 from .lora import add_lora, merged_weights
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def _precision(requested: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def denoising_loss(unet: VideoUNet, schedule: NoiseSchedule, x0: torch.Tensor, context: torch.Tensor,
+def denoising_loss(unet: InflatedUNet, schedule: NoiseSchedule, x0: torch.Tensor, context: torch.Tensor,
                    t: torch.Tensor, noise: torch.Tensor, autocast_dtype: torch.dtype | None = None,
                    temporal: bool = True) -> torch.Tensor:
     """Mean squared error between the model output and its target (``eps`` or ``v``) at timesteps ``t`` ``[b]``.
@@ -138,12 +139,12 @@ def denoising_loss(unet: VideoUNet, schedule: NoiseSchedule, x0: torch.Tensor, c
     return F.mse_loss(pred.float(), target.float())
 
 
-def _prepare_unet(model: VideoModel, names: list[str], device: torch.device, amp: torch.dtype | None,
-                  lora_rank: int = 0) -> tuple[VideoUNet, list[torch.nn.Parameter]]:
+def _prepare_unet(model: VideoUNet, names: list[str], device: torch.device, amp: torch.dtype | None,
+                  lora_rank: int = 0) -> tuple[InflatedUNet, list[torch.nn.Parameter]]:
     """A clone to train and its trainable parameters (the named ones, or LoRA adapters over them)."""
     # Without autocast the UNet must compute in fp32 (CPU half precision is slow and inaccurate): copy if needed.
     dtype = torch.float32 if amp is None else None
-    unet = model.unet.clone(device=device, dtype=dtype)
+    unet = model.network.clone(device=device, dtype=dtype)
     if lora_rank:
         return unet, add_lora(unet, names, lora_rank)
     params = dict(unet.named_parameters())
@@ -153,9 +154,9 @@ def _prepare_unet(model: VideoModel, names: list[str], device: torch.device, amp
     return unet, [params[n] for n in names]
 
 
-def tune(model: VideoModel, latents: torch.Tensor, context: torch.Tensor, config: TuneConfig = TuneConfig(),
+def tune(model: VideoUNet, latents: torch.Tensor, context: torch.Tensor, config: TuneConfig = TuneConfig(),
          device: torch.device | str | None = None, callback: Callable[[int, int, dict], None] | None = None,
-         prompt: str = "") -> tuple[VideoModel, list[float]]:
+         prompt: str = "") -> tuple[VideoUNet, list[float]]:
     """One-shot tune ``model`` on one clip. Returns ``(tuned model, loss per step)``.
 
     Args:
@@ -169,10 +170,10 @@ def tune(model: VideoModel, latents: torch.Tensor, context: torch.Tensor, config
         raise ValueError(f"latents must be one clip [1, c, f, h, w], got shape {tuple(latents.shape)}")
     if context.dim() != 3 or context.shape[0] != 1:
         raise ValueError(f"context must be [1, n, d] text embeddings, got shape {tuple(context.shape)}")
-    device = torch.device(device) if device is not None else model.unet.device
+    device = torch.device(device) if device is not None else model.network.device
     amp = _precision(config.mixed_precision, device)
     with torch.inference_mode(False), torch.enable_grad():
-        names = select_trainable(model.unet, trainable_for(model.unet, config.trainable))
+        names = select_trainable(model.network, trainable_for(model.network, config.trainable))
         unet, params = _prepare_unet(model, names, device, amp, config.lora_rank)
         losses = _train_loop(unet, model.schedule, latents, context, params, config, device, amp, callback)
         if config.lora_rank:

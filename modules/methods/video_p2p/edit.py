@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ...networks.inflate import VideoTransformerBlock, VideoUNet
+from ...networks.inflate import InflatedUNet, VideoTransformerBlock
 from ...sampling.schedule import NoiseSchedule, ddim_move
 from .prompt_align import MAX_TOKENS, refinement_mapper, replacement_mapper, token_weights, word_mask
 
@@ -174,7 +174,7 @@ class ControlledTemporalAttnProcessor:
         return rearrange(_out(attn, probs, attn.to_v(x)), "(b d) f c -> (b f) d c", d=d)
 
 
-def controlled_unet(unet: VideoUNet, controller: AttentionController) -> VideoUNet:
+def controlled_unet(unet: InflatedUNet, controller: AttentionController) -> InflatedUNet:
     """A clone of ``unet`` (weights shared) whose ``attn2`` and ``attn_temp`` report to ``controller``."""
     if getattr(unet, "temporal", "tune-a-video") != "tune-a-video":
         raise ValueError(f"Video-P2P controls Tune-A-Video's temporal attention; this VIDEO_UNET uses "
@@ -189,7 +189,7 @@ def controlled_unet(unet: VideoUNet, controller: AttentionController) -> VideoUN
 
 
 @torch.no_grad()
-def p2p_sample(unet: VideoUNet, schedule: NoiseSchedule, x_t: torch.Tensor, cond_src: torch.Tensor,
+def p2p_sample(unet: InflatedUNet, schedule: NoiseSchedule, x_t: torch.Tensor, cond_src: torch.Tensor,
                cond_edit: torch.Tensor, uncond: torch.Tensor, control: EditControl, steps: int = 50,
                guidance: float = 7.5, null_text: torch.Tensor | None = None, fast: bool = False,
                callback: Callback | None = None) -> tuple[torch.Tensor, list[torch.Tensor], AttentionController]:

@@ -17,7 +17,7 @@ Sampling the source prompt with those per-step embeddings (:func:`reconstruct`) 
 what lets prompt-to-prompt editing keep the unedited content. ``fast`` (Video-P2P ``--fast``) skips step 2.
 
 Shapes: latents ``[1, c, f, h, w]`` scaled; ``cond``, ``uncond`` ``[1, n, d]``; ``model(x, t, context)`` the
-:class:`~.inflate.VideoUNet` signature, differentiable in ``context``.
+:class:`~.inflate.InflatedUNet` signature, differentiable in ``context``.
 """
 
 from __future__ import annotations
