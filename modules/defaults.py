@@ -66,7 +66,7 @@ class VideoP2PDefaults:
     self_replace_steps: float = 0.5
     blend_threshold: float = 0.3  # mask_th
     steps: int = 50  # NUM_DDIM_STEPS
-    guidance: float = 7.5  # GUIDANCE_SCALE
+    guidance_scale: float = 7.5  # GUIDANCE_SCALE
 
 
 VP2P = VideoP2PDefaults()
@@ -107,6 +107,7 @@ class DreamixDefaults:
     guidance_scale: float = 7.5  # our choice (SD's usual cfg); the paper's VDM uses its own guidance
     lora_rank: int = 16  # our choice for the LoRA preset
     n_sample_frames: int = 8
+    seed: int = TAV.seed  # our choice: Tune-A-Video's seed (configs/man-skiing.yaml)
 
 
 DREAMIX = DreamixDefaults()

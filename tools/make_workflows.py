@@ -120,7 +120,7 @@ def video_p2p_graph():
             {"edit_prompt": VP2P.edit_prompt, "mode": "word swap" if VP2P.word_swap else "refine",
              "cross_replace_steps": VP2P.cross_replace_steps, "self_replace_steps": VP2P.self_replace_steps,
              "blend_words": VP2P.blend_words, "reweight": VP2P.reweight, "blend_threshold": VP2P.blend_threshold,
-             "cfg": VP2P.guidance},
+             "cfg": VP2P.guidance_scale},
             {"video_unet": (6, 0), "inverted": (7, 0), "clip": (1, 1)}),
         9: ("VAEDecode", "Decode edit", {}, {"samples": (8, 0), "vae": (1, 2)}),
         10: ("SaveAnimatedWEBP", None, {"filename_prefix": "tunevideo/video_p2p", "fps": 8.0, "lossless": False,

@@ -40,6 +40,7 @@ from safetensors import SafetensorError, safe_open
 from transformers import CLIPTextModel
 
 from ..defaults import SD_LATENT_SCALE
+from ..files import PICKLE_SUFFIXES
 from ..files.deltas import unet_fingerprint, unet_hash
 from ..sampling.schedule import PREDICTION_TYPES, NoiseSchedule
 from .state_dict import describe_keys, sub_prefix
@@ -82,7 +83,6 @@ __all__ = [
     "vae_ldm_key_for",
 ]
 
-_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _UNSUPPORTED_PREFIXES = {
     "conditioner.embedders.": "SDXL-style conditioner.embedders.* text encoders (SDXL / SDXL refiner / SVD)",
     "embedder.": "an unCLIP image embedder (embedder.*)",
@@ -135,7 +135,7 @@ class SDComponents:
 
 # ----------------------------------------------------------------------------------------------------------- loading
 def _check_path(path: Path) -> None:
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ValueError(f"{path}: only .safetensors checkpoints are read ({path.suffix} files are Python pickles "
                          f"that can run code when loaded); convert it to .safetensors first")
     if path.is_dir():

@@ -1,0 +1,5 @@
+"""Files: atomic writes, video IO, tuned-weight deltas, plots."""
+
+#: Suffixes of pickled torch files. Pickles can run code: they are refused, or read only as plain tensors
+#: (``torch.load(weights_only=True)``) where a format exists only as pickles (AnimateDiff's motion modules).
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")

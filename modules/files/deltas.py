@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from ..convert.unet import strip_ldm_prefix
 from ..networks.inflate import ATTENTION_VARIANTS, TEMPORAL_MARKER, TEMPORAL_VARIANTS
 from ..video_unet import TuneRecord, VideoUNet
+from . import PICKLE_SUFFIXES
 from .atomic import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def _resolve(path: Path) -> Path:
                                 f"(the Tune-A-Video output layout)")
     if not path.exists():
         raise FileNotFoundError(f"tuned weights file not found: {path}")
-    if path.suffix in (".bin", ".ckpt", ".pt", ".pth"):
+    if path.suffix in PICKLE_SUFFIXES:
         raise ValueError(f"{path.name}: only .safetensors files are read (pickled {path.suffix} files can run code); "
                          f"convert it with safetensors first")
     return path

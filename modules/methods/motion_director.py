@@ -15,6 +15,10 @@ Every step, as the reference ``MotionDirector_train.py`` does it (line numbers o
 - One spatial LoRA per training clip (``single_spatial_lora`` False, ``:633-638``), one shared temporal LoRA; AdamW for
   each, constant learning rate.
 
+:func:`train` returns the LoRAs and the VIDEO_UNET they make: the temporal LoRA at strength 1 and the first clip's
+spatial LoRA at ``output_spatial_strength`` baked into the input model, with its :class:`~..video_unet.TuneRecord`.
+:func:`noise_prior` is the inference side (``MotionDirector_inference.py``): inverted noise mixed with fresh noise.
+
 Differences, on purpose: peft's LoRA dropout acts on the LoRA input, the reference's on its output; the reference
 trains in fp16 autocast, here the precision is an input (fp32 on CPU, bf16 autocast on CUDA by default); clips are
 encoded once (the reference caches latents too, ``cache_latents: True``).
@@ -50,7 +54,8 @@ class MotionDirectorConfig:
     dropout: float = 0.1  # lora_unet_dropout
     lr_spatial: float = 5e-4  # learning_rate (both paths)
     lr_temporal: float = 5e-4
-    weight_decay: float = 1e-2  # adam_weight_decay (multi: 1e-4)
+    #: adam_weight_decay; None: the reference config's value for the number of clips (:meth:`weight_decay_for`)
+    weight_decay: float | None = None
     spatial_skip_prob: float = 0.2  # MotionDirector_train.py:907, mask_spatial_lora
     debias_beta: float = 1.0  # MotionDirector_train.py:871, beta; alpha = sqrt(beta^2 + 1)
     seed: int = 0
@@ -58,6 +63,16 @@ class MotionDirectorConfig:
     mixed_precision: str = "auto"
     max_grad_norm: float = 1.0  # max_grad_norm (train script default)
     paths: str = "spatial+temporal"
+    #: strength of the first clip's spatial LoRA in the returned VIDEO_UNET; 0: motion only (MotionDirector's
+    #: inference for new subjects)
+    output_spatial_strength: float = 1.0
+
+    def weight_decay_for(self, videos: int) -> float:
+        """``weight_decay``, or 1e-2 for one video (config_single_video.yaml) and 1e-4 for several
+        (config_multi_videos.yaml)."""
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 1e-2 if videos == 1 else 1e-4
 
     def __post_init__(self):
         if self.steps < 1:
@@ -74,15 +89,23 @@ class MotionDirectorConfig:
             raise ValueError(f"spatial_skip_prob={self.spatial_skip_prob} must be in [0, 1]")
 
 
+#: Weight p of the inverted noise in :func:`noise_prior` (MotionDirector configs: 0.5 for one video, 0 for several;
+#: its README also uses 0.3).
+NOISE_PRIOR = 0.5
+
+
 @dataclass(frozen=True)
 class MotionDirectorResult:
-    """The trained LoRAs (``temporal`` None / ``spatial`` empty for a path not trained) and their loss curves (NaN on
-    steps a path did not run)."""
+    """The trained LoRAs (``temporal`` None / ``spatial`` empty for a path not trained), their loss curves (NaN on
+    steps a path did not run), and ``video_unet``: the input with the LoRAs baked in (the temporal one at strength 1,
+    the first spatial one at ``output_spatial_strength``) and ``record`` appended to its history."""
 
     temporal: L.LoRAWeights | None
     spatial: tuple[L.LoRAWeights, ...]
     spatial_losses: list[float]
     temporal_losses: list[float]
+    video_unet: VideoUNet
+    record: TuneRecord
 
 
 def debiased_loss(pred: torch.Tensor, target: torch.Tensor, anchor: int, beta: float = 1.0) -> torch.Tensor:
@@ -96,14 +119,14 @@ def debiased_loss(pred: torch.Tensor, target: torch.Tensor, anchor: int, beta: f
 
 def train(model: VideoUNet, clips: Sequence[torch.Tensor], contexts: Sequence[torch.Tensor],
           config: MotionDirectorConfig = MotionDirectorConfig(), device: torch.device | str | None = None,
-          callback: Callable[[int, int, dict], None] | None = None,
-          metadata: dict[str, str] | None = None) -> MotionDirectorResult:
+          callback: Callable[[int, int, dict], None] | None = None, prompt: str = "") -> MotionDirectorResult:
     """Train one temporal LoRA and one spatial LoRA per clip on ``model`` (left untouched).
 
     Args:
         clips: scaled latents ``[1, c, f, h, w]`` per training video (frame counts may differ between clips).
         contexts: prompt embeddings ``[1, n, d]`` per clip.
         callback: ``callback(step, total, {"loss": temporal loss})`` after each step; raise from it to interrupt.
+        prompt: the prompt text for the LoRA files' metadata and the record; per-video prompts separated by '|'.
     """
     if not clips or len(clips) != len(contexts):
         raise ValueError(f"need one prompt per clip: {len(clips)} clips, {len(contexts)} prompts")
@@ -127,15 +150,46 @@ def train(model: VideoUNet, clips: Sequence[torch.Tensor], contexts: Sequence[to
         if temporal_on:
             L.add_adapter(unet, TEMPORAL, L.TEMPORAL_TARGETS[kind], config.rank, config.dropout)
         curves = _loop(unet, model, clips, contexts, spatial_names, config, device, amp, callback)
-        meta = dict(metadata or {})
+        meta = lora_metadata(model, clips, prompt, config)
         temporal = L.extract(unet, TEMPORAL, "temporal", meta) if temporal_on else None
         spatial = tuple(L.extract(unet, n, "spatial", {**meta, "video_index": str(i)})
                         for i, n in enumerate(spatial_names))
-    return MotionDirectorResult(temporal, spatial, *curves)
+    entry = record(config, clips, [prompt], curves[1] if temporal_on else curves[0])
+    merged = L.merge_all(model, [(temporal, 1.0, "temporal LoRA"),
+                                 (spatial[0] if spatial else None, config.output_spatial_strength, "spatial LoRA")])
+    merged = merged.replace(history=merged.history + (entry,))
+    return MotionDirectorResult(temporal, spatial, *curves, merged, entry)
 
 
-def _optimizer(params, lr, config):
-    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=config.weight_decay, eps=1e-8)
+def _split_prompt(prompt: str, videos: int) -> list[str]:
+    parts = [p.strip() for p in prompt.split("|")]
+    return parts if len(parts) == videos else [prompt] * videos
+
+
+def lora_metadata(model: VideoUNet, clips: Sequence[torch.Tensor], prompt: str,
+                  config: MotionDirectorConfig) -> dict[str, str]:
+    """What the LoRA files record: method, base model (and motion module), clip geometry, prompts, steps, seed."""
+    _, _, f, h, w = clips[0].shape
+    return {"method": "motion-director", **L.provenance(model), "frames": str(f), "videos": str(len(clips)),
+            "height": str(h * 8), "width": str(w * 8),
+            "prompts": L.metadata_json(_split_prompt(prompt, len(clips))), "steps": str(config.steps),
+            "seed": str(config.seed), "paths": config.paths}
+
+
+def noise_prior(inverted: torch.Tensor, prior: float = NOISE_PRIOR,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """MotionDirector's noise prior (``MotionDirector_inference.py``): ``sqrt(p) z_inv + sqrt(1 - p) eps``, variance
+    preserving; ``eps`` fresh noise of ``inverted``'s shape drawn on the CPU from ``generator``. 0: fresh noise only,
+    1: the inverted noise (Tune-A-Video style). ``inverted``: any shape, e.g. ``[1, c, f, h, w]``."""
+    if not 0.0 <= prior <= 1.0:
+        raise ValueError(f"noise_prior={prior} must be in [0, 1]")
+    fresh = torch.randn(inverted.shape, generator=generator)
+    return prior ** 0.5 * inverted + (1 - prior) ** 0.5 * fresh.to(inverted.device)
+
+
+def _optimizer(params, lr, config, videos):
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=config.weight_decay_for(videos),
+                             eps=1e-8)
 
 
 def _forward(unet, x, t, ctx, amp):
@@ -155,8 +209,8 @@ def _loop(unet, model, clips, contexts, spatial_names, config, device, amp, call
     temporal_on = config.paths != "spatial"
     temporal_params = L.adapter_parameters(unet, TEMPORAL) if temporal_on else []
     spatial_params = [L.adapter_parameters(unet, n) for n in spatial_names]
-    opt_t = _optimizer(temporal_params, config.lr_temporal, config) if temporal_on else None
-    opt_s = [_optimizer(p, config.lr_spatial, config) for p in spatial_params]
+    opt_t = _optimizer(temporal_params, config.lr_temporal, config, len(clips)) if temporal_on else None
+    opt_s = [_optimizer(p, config.lr_spatial, config, len(clips)) for p in spatial_params]
     x0s = [x.detach().to(device, torch.float32).clone() for x in clips]
     ctxs = [c.detach().to(device, torch.float32).clone() for c in contexts]
     gen = torch.Generator(device="cpu").manual_seed(config.seed)

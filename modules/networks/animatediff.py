@@ -33,13 +33,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..convert.unet import UnsupportedModelError
+from ..files import PICKLE_SUFFIXES
 from ..files.deltas import unet_hash
 from .base import VideoNetwork, retarget, share_clone, usable_alias
 
 logger = logging.getLogger(__name__)
 
 MOTION_MARKER = ".motion_modules."
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 #: diffusers ``MotionAdapter`` settings of the published SD1.5 motion modules (configs of
 #: guoyww/animatediff-motion-adapter-v1-5, -v1-5-2, -v1-5-3). AnimateDiff-Evolved tells them apart the same way:

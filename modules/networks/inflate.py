@@ -54,6 +54,15 @@ ATTENTION_VARIANTS = {
     "video-p2p": FirstFrameAttnProcessor,  # first frame only (Video-P2P's FrameAttention)
     "ei2-ffam": FineCoarseAttnProcessor,  # own frame fine + other frames pooled (EI² FFAM); option pool_size
 }
+#: The options each attention variant takes (keyword arguments of its processor).
+ATTENTION_OPTIONS = {"tune-a-video": (), "video-p2p": (), "ei2-ffam": ("pool_size",)}
+
+
+def variant_options(attention: str, **values) -> dict:
+    """The subset of ``values`` that attention variant ``attention`` takes (a UI offers every option; each variant
+    keeps its own)."""
+    _check_variant(attention)
+    return {k: v for k, v in values.items() if k in ATTENTION_OPTIONS[attention]}
 
 #: Temporal layers (``norm_temp`` + ``attn_temp`` processor): Tune-A-Video's LayerNorm + softmax attention, or EI²'s
 #: STAM (Instance Centering, no parameters, + normalised mapping; see :mod:`.ei2`).

@@ -184,6 +184,22 @@ def merge(model, lora: LoRAWeights, strength: float = 1.0, name: str = "LoRA"):
     return model.with_tensors(new)
 
 
+def merge_all(model, loras: Iterable[tuple[LoRAWeights | None, float, str]]):
+    """``model`` with every ``(lora, strength, name)`` baked in, in order (:func:`merge`); None LoRAs are skipped."""
+    for lora, strength, name in loras:
+        if lora is not None:
+            model = merge(model, lora, strength, name)
+    return model
+
+
+def provenance(model) -> dict[str, str]:
+    """What a LoRA file records about the VIDEO_UNET it was trained on: the base model's hash, and the motion module's
+    name and hash (empty on the inflated base)."""
+    info = getattr(model.network, "info", None)
+    return {"base_model_hash": model.base_hash, "motion_module": getattr(info, "name", ""),
+            "motion_module_hash": getattr(info, "hash", "")}
+
+
 # --------------------------------------------------------------------------------------------------------------- files
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from ...defaults import VP2P
 from ...networks.inflate import InflatedUNet, VideoTransformerBlock
 from ...sampling.schedule import NoiseSchedule, ddim_move
 from .prompt_align import MAX_TOKENS, refinement_mapper, replacement_mapper, token_weights, word_mask
@@ -56,9 +57,9 @@ class EditControl:
     reweight: torch.Tensor | None = None
     blend_src: torch.Tensor | None = None
     blend_edit: torch.Tensor | None = None
-    cross_replace_steps: float = 0.2  # run_videop2p.py default
-    self_replace_steps: float = 0.5
-    blend_threshold: float = 0.3  # mask_th
+    cross_replace_steps: float = VP2P.cross_replace_steps  # run_videop2p.py default
+    self_replace_steps: float = VP2P.self_replace_steps
+    blend_threshold: float = VP2P.blend_threshold  # mask_th
     start_blend: float = 0.2
 
 

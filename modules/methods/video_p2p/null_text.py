@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...defaults import VP2P
 from ...sampling.conditioning import ModelFn
 from ...sampling.ddim import guided_output
 from ...sampling.schedule import NoiseSchedule, ddim_move
@@ -39,8 +40,8 @@ Callback = Callable[[int, int, dict], None]
 class NullTextConfig:
     """Video-P2P's null-text settings (``run_videop2p.py``: NUM_DDIM_STEPS, GUIDANCE_SCALE, ``null_optimization``)."""
 
-    steps: int = 50  # NUM_DDIM_STEPS
-    guidance: float = 7.5  # GUIDANCE_SCALE
+    steps: int = VP2P.steps  # NUM_DDIM_STEPS
+    guidance: float = VP2P.guidance_scale  # GUIDANCE_SCALE
     inner_steps: int = 10  # num_inner_steps
     early_stop_epsilon: float = 1e-5  # early_stop_epsilon; the threshold grows by 2e-5 per outer step
     learning_rate: float = 1e-2  # Adam lr at step 0, then lr * (1 - i / 100)
@@ -160,3 +161,16 @@ def reconstruct(model: ModelFn, schedule: NoiseSchedule, result: NullTextResult,
             z = ddim_move(schedule, z, eps, t, t_to)
         out.append(z)
     return out
+
+
+def null_text_invert_video(video_unet, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                           config: NullTextConfig = NullTextConfig(), fast: bool = False,
+                           device: torch.device | str | None = None, callback: Callback | None = None
+                           ) -> NullTextResult:
+    """:func:`null_text_invert` with a :class:`~...video_unet.VideoUNet` on ``device``. It runs a private clone of the
+    network, whose weights autograd can use even where they were made under ``torch.inference_mode`` (ComfyUI's
+    executor loads them so); the input is left untouched."""
+    network = video_unet.network.clone(device=device)
+    model = video_unet.replace(network=network).model_fn()
+    return null_text_invert(model, video_unet.schedule, latents.to(network.device), cond, uncond, config, fast=fast,
+                            callback=callback)
