@@ -20,9 +20,9 @@ from .motion_director import (
 )
 from .sampling import DDIMInvertVideo, SampleVideo
 from .tune import OneShotTune
+from .tuned_files import LoadTunedVideoUNet, SaveTunedVideoUNet
 from .video import LoadVideoClip
 from .video_p2p import NullTextInvertVideo, VideoP2PEdit
-from .weights import LoadTunedVideoUNet, SaveTunedVideoUNet
 
 host.register_model_folder()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..modules.build import video_model_with_motion
 from ..modules.networks.animatediff import read_motion_module
 from . import host
-from .boundary import VIDEO_UNET, compute_dtype, model_parts, parked
+from .boundary import VIDEO_UNET, video_unet_from_model
 
 
 class AnimateDiffVideoUNet:
@@ -32,10 +32,9 @@ class AnimateDiffVideoUNet:
         }}
 
     def build(self, model, motion_module):
-        host.apply_patches(model)
-        state_dict, unet_config, schedule, scale = model_parts(model)
-        motion = read_motion_module(host.model_path(motion_module, host.MOTION_MODULE_FOLDER))
-        video = video_model_with_motion(state_dict, unet_config, schedule, motion, motion_module, scale,
-                                        dtype=compute_dtype(state_dict, model.model))
-        video = parked(video)
-        return (video,)
+        def build(parts):
+            motion = read_motion_module(host.model_path(motion_module, host.MOTION_MODULE_FOLDER))
+            return video_model_with_motion(parts.state_dict, parts.unet_config, parts.schedule, motion, motion_module,
+                                           parts.latent_scale, dtype=parts.dtype)
+
+        return (video_unet_from_model(model, build),)

@@ -2,10 +2,14 @@
 
 - ``LATENT``: ``{"samples": [F,4,h,w]}`` unscaled, frames as batch -> engine ``[1,4,F,h,w]`` scaled.
 - ``CONDITIONING``: ``[[cond [1,n,d], {...}], ...]`` -> ``[(cond [1,n,d], strength), ...]`` (one per entry).
-- ``MODEL``: a ComfyUI ModelPatcher -> LDM state dict, ``unet_config``, noise schedule, latent scale.
+- ``MODEL``: a ComfyUI ModelPatcher -> LDM state dict, ``unet_config``, noise schedule, latent scale, compute dtype
+  (:func:`video_unet_from_model` is the whole MODEL-in chore of a node).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from einops import rearrange
@@ -13,6 +17,7 @@ from einops import rearrange
 from ..modules.convert.unet import UnsupportedModelError, check_supported
 from ..modules.defaults import SD_LATENT_SCALE
 from ..modules.sampling.schedule import NoiseSchedule
+from ..modules.video_unet import VideoUNet
 
 INVERTED_KEY = "tunevideo_inverted"
 VIDEO_UNET = "VIDEO_UNET"
@@ -59,13 +64,13 @@ def _check_entry_keys(options: dict, name: str, index: int) -> None:
                          f"connect plain text-encoder conditioning (Combine/Concat/Average are fine)")
 
 
-def conditioning_entries(conditioning, name: str, model) -> list[tuple[torch.Tensor, float]]:
+def conditioning_entries(conditioning, name: str, video_unet) -> list[tuple[torch.Tensor, float]]:
     """``CONDITIONING`` -> ``[(embeddings [1, n, d], strength), ...]``, one per entry, checked against the
     VIDEO_UNET's cross-attention width. Several entries come from Conditioning (Combine); the engine averages their
     predictions weighted by strength, as ComfyUI's samplers do (:mod:`~..modules.conditioning`)."""
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
         raise ValueError(f"{name} must be a CONDITIONING from a text encoder node")
-    expected = model.network.config.cross_attention_dim
+    expected = video_unet.network.config.cross_attention_dim
     entries = []
     for i, entry in enumerate(conditioning):
         try:
@@ -87,9 +92,9 @@ def conditioning_entries(conditioning, name: str, model) -> list[tuple[torch.Ten
     return entries
 
 
-def conditioning_tensor(conditioning, name: str, model) -> torch.Tensor:
+def conditioning_tensor(conditioning, name: str, video_unet) -> torch.Tensor:
     """A one-entry ``CONDITIONING`` -> ``[1, n, d]``: what training needs (one prompt per clip)."""
-    entries = conditioning_entries(conditioning, name, model)
+    entries = conditioning_entries(conditioning, name, video_unet)
     if len(entries) > 1:
         raise ValueError(f"{name} has {len(entries)} entries (from Conditioning (Combine)); tuning learns one "
                          f"prompt: encode a single prompt, or join them with Conditioning (Concat)")
@@ -120,8 +125,19 @@ def compute_dtype(state_dict: dict, inner) -> torch.dtype | None:
     return getattr(inner, "manual_cast_dtype", None) or torch.float16
 
 
-def model_parts(model) -> tuple[dict, dict, NoiseSchedule, float]:
-    """ComfyUI MODEL -> (LDM UNet state dict, unet_config, schedule, latent scale), with clear errors."""
+class ModelParts(NamedTuple):
+    """What the engine builds a VIDEO_UNET from (``dtype`` None: keep the weights as stored)."""
+
+    state_dict: dict
+    unet_config: dict
+    schedule: NoiseSchedule
+    latent_scale: float
+    dtype: torch.dtype | None
+
+
+def model_parts(model) -> ModelParts:
+    """ComfyUI MODEL -> (LDM UNet state dict, unet_config, schedule, latent scale, compute dtype), with clear
+    errors."""
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "diffusion_model"):
         raise UnsupportedModelError(f"model must be a ComfyUI MODEL, got {type(model).__name__}")
@@ -140,7 +156,17 @@ def model_parts(model) -> tuple[dict, dict, NoiseSchedule, float]:
                                     f"supported)")
     schedule = NoiseSchedule.from_sigmas(sampling.sigmas, prediction)
     scale = float(getattr(getattr(inner, "latent_format", None), "scale_factor", SD_LATENT_SCALE))
-    return inner.diffusion_model.state_dict(), unet_config, schedule, scale
+    state_dict = inner.diffusion_model.state_dict()
+    return ModelParts(state_dict, unet_config, schedule, scale, compute_dtype(state_dict, inner))
+
+
+def video_unet_from_model(model, build: Callable[[ModelParts], VideoUNet]) -> VideoUNet:
+    """A node's MODEL input -> VIDEO_UNET: bake the MODEL's patches (LoRAs) into its weights, read its parts,
+    ``build(parts)`` with the engine, park the result off the accelerator."""
+    from . import host
+
+    host.apply_patches(model)
+    return parked(build(model_parts(model)))
 
 
 def check_tuned_frames(frames: int, video_unet, what: str) -> None:
@@ -162,7 +188,7 @@ def clip_tokenizer(clip):
     return (lambda text: list(bpe(text)["input_ids"])), (lambda token: bpe.decode([token]))
 
 
-def clip_prompt(clip, text: str, name: str, model) -> torch.Tensor:
+def clip_prompt(clip, text: str, name: str, video_unet) -> torch.Tensor:
     """Encode one plain prompt through ComfyUI's CLIP -> ``[1, 77, d]``; refuses weight syntax and long prompts,
     which would move or re-weight the tokens prompt-to-prompt addresses."""
     if any(c in text for c in "()") or "embedding:" in text:
@@ -172,15 +198,15 @@ def clip_prompt(clip, text: str, name: str, model) -> torch.Tensor:
     if cond.shape[1] != 77:
         raise ValueError(f"{name} has more than 75 tokens ({cond.shape[1]} conditioning tokens); prompt-to-prompt "
                          f"works within one 77-token window")
-    return conditioning_tensor([[cond, {}]], name, model)
+    return conditioning_tensor([[cond, {}]], name, video_unet)
 
 
-def parked(video_model):
-    """``video_model`` with its UNet on ComfyUI's offload device: ComfyUI cannot see our models, so they must not hold
-    accelerator memory between nodes. Weights already there are shared, not copied."""
+def parked(video_unet: VideoUNet) -> VideoUNet:
+    """``video_unet`` with its network on ComfyUI's offload device: ComfyUI cannot see our models, so they must not
+    hold accelerator memory between nodes. Weights already there are shared, not copied."""
     from . import host
 
     where = host.offload_device()
-    if any(p.device != where for p in video_model.network.parameters()):
-        return video_model.replace(network=video_model.network.clone(device=where))
-    return video_model
+    if any(p.device != where for p in video_unet.network.parameters()):
+        return video_unet.replace(network=video_unet.network.clone(device=where))
+    return video_unet

@@ -17,6 +17,7 @@ from ..modules.methods.dreamix import (
 from ..modules.training.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns
 from . import host
 from .boundary import VIDEO_UNET, conditioning_entries, latent_to_video, video_to_latent
+from .common import seed_input
 from .tune import run_tuning
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,7 @@ class DreamixFinetune:
             "learning_rate": ("FLOAT", {"default": DREAMIX.learning_rate, "min": 1e-7, "max": 1e-2, "step": 1e-6,
                                         "round": False, "tooltip": "AdamW learning rate (our default 1e-5 for the "
                                                                    "whole model; 1e-4 suits LoRA)."}),
-            "seed": ("INT", {"default": 33, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
-                             "tooltip": "Seed for the video/frame schedule, the training noise and timesteps."}),
+            "seed": seed_input(DREAMIX.seed, "Seed for the video/frame schedule, the training noise and timesteps."),
             "image_ratio": ("FLOAT", {"default": DREAMIX.image_ratio, "min": 0.0, "max": 1.0, "step": 0.05,
                                       "tooltip": "Share of steps that train on the frames as independent images "
                                                  "(temporal layers off). 0: video only (Tune-A-Video-like); 1: frames "
@@ -131,8 +131,7 @@ class DreamixCorruptedSample:
                               "tooltip": "DDIM grid; round(s * steps) of its steps run."}),
             "cfg": ("FLOAT", {"default": DREAMIX.guidance_scale, "min": 0.0, "max": 50.0, "step": 0.1,
                               "tooltip": "Classifier-free guidance scale."}),
-            "seed": ("INT", {"default": 33, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
-                             "tooltip": "Seed of the added noise."}),
+            "seed": seed_input(DREAMIX.seed, "Seed of the added noise."),
         }}
 
     def run(self, video_unet, positive, negative, latent, noise_strength, steps, cfg, seed):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ..modules.files import PICKLE_SUFFIXES
+
 logger = logging.getLogger(__name__)
 
 try:  # ComfyUI present
@@ -21,11 +23,10 @@ MODEL_FOLDER = "tunevideo"
 MOTION_MODULE_FOLDER = "animatediff_models"  # AnimateDiff-Evolved's folder name: its files show in our lists too
 MOTION_LORA_FOLDER = "animatediff_motion_lora"  # AnimateDiff-Evolved's motion-LoRA folder
 LORA_FOLDER = "loras"  # ComfyUI core's LoraLoader folder
-_PICKLED = {".ckpt", ".pt", ".pth"}  # read only with torch.load(weights_only=True)
 #: folder name -> (extensions, extra sub-folder of models/tunevideo searched too)
 FOLDERS = {
     MODEL_FOLDER: ({".safetensors"}, None),
-    MOTION_MODULE_FOLDER: ({".safetensors"} | _PICKLED, "motion_modules"),
+    MOTION_MODULE_FOLDER: ({".safetensors", *PICKLE_SUFFIXES}, "motion_modules"),  # pickles: plain weights only
     MOTION_LORA_FOLDER: ({".safetensors"}, None),
     LORA_FOLDER: ({".safetensors"}, None),
 }

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from ..modules.build import video_model_from_ldm
 from ..modules.defaults import EI2
-from ..modules.networks.inflate import ATTENTION_VARIANTS, TEMPORAL_VARIANTS
-from . import host
-from .boundary import VIDEO_UNET, compute_dtype, model_parts, parked
+from ..modules.networks.inflate import ATTENTION_VARIANTS, TEMPORAL_VARIANTS, variant_options
+from .boundary import VIDEO_UNET, video_unet_from_model
 
 
 class InflateUNetTemporal:
@@ -46,11 +45,8 @@ class InflateUNetTemporal:
 
     def inflate(self, model, attention="tune-a-video", temporal_layer="tune-a-video",
                 fine_coarse_pool=EI2.ffam_pool_size):
-        host.apply_patches(model)
-        options = {"pool_size": fine_coarse_pool} if attention == "ei2-ffam" else {}
-        state_dict, unet_config, schedule, scale = model_parts(model)
-        video = video_model_from_ldm(state_dict, unet_config, schedule, scale,
-                                     dtype=compute_dtype(state_dict, model.model), attention=attention,
-                                     attention_options=options, temporal=temporal_layer)
-        video = parked(video)
-        return (video,)
+        options = variant_options(attention, pool_size=fine_coarse_pool)
+        video_unet = video_unet_from_model(model, lambda parts: video_model_from_ldm(
+            parts.state_dict, parts.unet_config, parts.schedule, parts.latent_scale, dtype=parts.dtype,
+            attention=attention, attention_options=options, temporal=temporal_layer))
+        return (video_unet,)

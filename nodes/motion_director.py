@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-import re
 
 import torch
 
-from ..modules.files.atomic import unique_path
 from ..modules.files.plot import loss_curve_image
-from ..modules.methods.motion_director import PATHS, MotionDirectorConfig, record, train
+from ..modules.methods import motion_director as md
+from ..modules.methods.motion_director import NOISE_PRIOR, PATHS, MotionDirectorConfig, train
 from ..modules.training import lora as L
 from ..modules.training.tune import PRECISIONS
 from . import host
 from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_entries, latent_to_video, parked, video_to_latent
+from .common import save_path, seed_input
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +33,6 @@ def split_clips(latent: dict, frames_per_video: int, scale: float) -> list[torch
     return list(video.split(frames_per_video, dim=2))
 
 
-def _split_note(note: str, videos: int) -> list[str]:
-    parts = [p.strip() for p in note.split("|")]
-    return parts if len(parts) == videos else [note] * videos
-
-
 def video_prompts(positive, videos: int, video_unet) -> list[torch.Tensor]:
     """One prompt for every video, or one per video: a Conditioning (Combine) of exactly ``videos`` entries, in video
     order (here Combine lists prompts; it does not average them)."""
@@ -48,17 +43,6 @@ def video_prompts(positive, videos: int, video_unet) -> list[torch.Tensor]:
         raise ValueError(f"positive has {len(entries)} entries for {videos} videos: give one prompt for all, or "
                          f"one per video (Conditioning Combine, in video order)")
     return [context for context, _ in entries]
-
-
-def _metadata(video_unet, prompt: str, clips, config: MotionDirectorConfig) -> dict[str, str]:
-    info = getattr(video_unet.network, "info", None)
-    return {"method": "motion-director", "base_model_hash": video_unet.base_hash,
-            "motion_module": getattr(info, "name", ""), "motion_module_hash": getattr(info, "hash", ""),
-            "frames": str(clips[0].shape[2]), "videos": str(len(clips)),
-            "height": str(clips[0].shape[3] * 8), "width": str(clips[0].shape[4] * 8),
-            "prompts": L.metadata_json(_split_note(prompt, len(clips))), "steps": str(config.steps),
-            "seed": str(config.seed),
-            "paths": config.paths}
 
 
 class SpatialTemporalLoRATrain:
@@ -92,26 +76,30 @@ class SpatialTemporalLoRATrain:
             "frames_per_video": ("INT", {"default": 0, "min": 0, "max": 4096,
                                          "tooltip": "Frames of each video in latent; 0: the latent is one video."}),
             "steps": ("INT", {"default": MD.steps, "min": 1, "max": 100000,
-                              "tooltip": "Training steps (MotionDirector: 150 for one video, 3000 for several)."}),
-            "rank": ("INT", {"default": MD.rank, "min": 1, "max": 256, "tooltip": "LoRA rank (MotionDirector: 32)."}),
+                              "tooltip": f"Training steps (MotionDirector: {MD.steps} for one video, 3000 for "
+                                         f"several)."}),
+            "rank": ("INT", {"default": MD.rank, "min": 1, "max": 256,
+                             "tooltip": f"LoRA rank (MotionDirector: {MD.rank})."}),
             "lr_spatial": ("FLOAT", {"default": MD.lr_spatial, "min": 1e-7, "max": 1e-1, "step": 1e-5, "round": False,
-                                     "tooltip": "AdamW learning rate of the spatial LoRAs (MotionDirector: 5e-4)."}),
+                                     "tooltip": f"AdamW learning rate of the spatial LoRAs (MotionDirector: "
+                                                f"{MD.lr_spatial:g})."}),
             "lr_temporal": ("FLOAT", {"default": MD.lr_temporal, "min": 1e-7, "max": 1e-1, "step": 1e-5,
                                       "round": False,
-                                      "tooltip": "AdamW learning rate of the temporal LoRA (MotionDirector: 5e-4)."}),
-            "seed": ("INT", {"default": MD.seed, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
-                             "tooltip": "Seed of noise, timesteps, frame choices and LoRA init; fixed by default so "
-                                        "a re-queue does not retrain."}),
+                                      "tooltip": f"AdamW learning rate of the temporal LoRA (MotionDirector: "
+                                                 f"{MD.lr_temporal:g})."}),
+            "seed": seed_input(MD.seed, "Seed of noise, timesteps, frame choices and LoRA init; fixed by default so "
+                                        "a re-queue does not retrain."),
             "paths": (list(PATHS), {"default": MD.paths,
                                     "tooltip": "spatial+temporal: MotionDirector. spatial: appearance only (e.g. one "
                                                "image to animate with a saved temporal LoRA). temporal: motion "
                                                "only."}),
             "gradient_checkpointing": ("BOOLEAN", {"default": MD.gradient_checkpointing,
                                                    "tooltip": "Less memory, about 30% slower."}),
-            "mixed_precision": (list(PRECISIONS), {"default": "auto",
+            "mixed_precision": (list(PRECISIONS), {"default": MD.mixed_precision,
                                 "tooltip": "auto: bf16 autocast on GPU, fp32 on CPU. LoRAs train in fp32."}),
         }, "optional": {
-            "output_spatial_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+            "output_spatial_strength": ("FLOAT", {"default": MD.output_spatial_strength, "min": 0.0, "max": 2.0,
+                                                  "step": 0.05,
                                                   "tooltip": "Spatial LoRA strength in the returned VIDEO_UNET. 0: "
                                                              "motion only (MotionDirector's inference for new "
                                                              "subjects)."}),
@@ -121,26 +109,17 @@ class SpatialTemporalLoRATrain:
         }}
 
     def run(self, video_unet, latent, positive, frames_per_video, steps, rank, lr_spatial, lr_temporal, seed, paths,
-            gradient_checkpointing, mixed_precision, output_spatial_strength=1.0, prompt_note=""):
+            gradient_checkpointing, mixed_precision, output_spatial_strength=MD.output_spatial_strength,
+            prompt_note=""):
         config = MotionDirectorConfig(steps=steps, rank=rank, lr_spatial=lr_spatial, lr_temporal=lr_temporal,
                                       seed=seed, paths=paths, gradient_checkpointing=gradient_checkpointing,
-                                      mixed_precision=mixed_precision,
-                                      weight_decay=MD.weight_decay if frames_per_video <= 0 else 1e-4)
+                                      mixed_precision=mixed_precision, output_spatial_strength=output_spatial_strength)
         clips = split_clips(latent, frames_per_video, video_unet.latent_scale)
         contexts = video_prompts(positive, len(clips), video_unet)
         host.free_accelerator()
         result = train(video_unet, clips, contexts, config, device=host.torch_device(),
-                       callback=host.Progress(steps, "SpatialTemporalLoRATrain"),
-                       metadata=_metadata(video_unet, prompt_note, clips, config))
-        out = video_unet
-        if result.temporal is not None:
-            out = L.merge(out, result.temporal, 1.0, "temporal LoRA")
-        if result.spatial:
-            out = L.merge(out, result.spatial[0], output_spatial_strength, "spatial LoRA")
-        out = out.replace(history=out.history + (record(config, clips, [prompt_note], result.temporal_losses
-                                                         if result.temporal else result.spatial_losses),))
-        out = parked(out)
-        return (out, result.temporal, result.spatial,
+                       callback=host.Progress(steps, "SpatialTemporalLoRATrain"), prompt=prompt_note)
+        return (parked(result.video_unet), result.temporal, result.spatial,
                 loss_curve_image(result.spatial_losses, title="spatial loss"),
                 loss_curve_image(result.temporal_losses, title="temporal loss"))
 
@@ -152,14 +131,6 @@ def _loras(value, name: str) -> list[L.LoRAWeights]:
     if not all(isinstance(item, L.LoRAWeights) for item in items):
         raise TypeError(f"{name} must be a VIDEO_LORA from SpatialTemporalLoRATrain")
     return items
-
-
-def _target(kind: str, prefix: str):
-    folder = host.LORA_FOLDER if kind == "spatial" else host.MOTION_LORA_FOLDER
-    if not re.fullmatch(r"[\w\-. /]+", prefix) or ".." in prefix or prefix.startswith("/"):
-        raise ValueError(f"filename_prefix {prefix!r} may only use letters, digits, '-', '_', '.', ' ' and '/' "
-                         f"sub-folders inside models/{folder}")
-    return folder, host.model_dir(folder) / prefix
 
 
 class SaveVideoLoRA:
@@ -188,9 +159,8 @@ class SaveVideoLoRA:
         written = []
         items = _loras(lora, "lora")
         for i, item in enumerate(items):
-            folder, target = _target(item.kind, filename_prefix)
-            stem = target.name + (f"_{item.kind}_v{i}" if len(items) > 1 else f"_{item.kind}")
-            path = unique_path(target.parent, stem, "safetensors")
+            folder = host.LORA_FOLDER if item.kind == "spatial" else host.MOTION_LORA_FOLDER
+            path = save_path(filename_prefix, folder, f"_{item.kind}_v{i}" if len(items) > 1 else f"_{item.kind}")
             L.save_lora(item, path)
             written.append(path.relative_to(host.model_dir(folder)).as_posix())
             logger.info("saved %s LoRA %s", item.kind, written[-1])
@@ -217,9 +187,7 @@ class ApplyVideoLoRA:
         }}
 
     def apply(self, video_unet, lora, strength):
-        for item in _loras(lora, "lora"):
-            video_unet = L.merge(video_unet, item, strength, f"{item.kind} LoRA")
-        return (video_unet,)
+        return (L.merge_all(video_unet, [(item, strength, f"{item.kind} LoRA") for item in _loras(lora, "lora")]),)
 
 
 class LoadVideoLoRA:
@@ -270,21 +238,18 @@ class MotionNoisePrior:
     def INPUT_TYPES(cls):
         return {"required": {
             "noise": ("LATENT", {"tooltip": "Inverted reference latents from DDIMInvertVideo."}),
-            "noise_prior": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
-                                      "tooltip": "Weight p of the inverted noise (MotionDirector configs: 0.5 for one "
-                                                 "video, 0 for several; its README also uses 0.3)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
-                             "tooltip": "Seed of the fresh noise."}),
+            "noise_prior": ("FLOAT", {"default": NOISE_PRIOR, "min": 0.0, "max": 1.0, "step": 0.05,
+                                      "tooltip": f"Weight p of the inverted noise (MotionDirector configs: "
+                                                 f"{NOISE_PRIOR} for one video, 0 for several; its README also uses "
+                                                 f"0.3)."}),
+            "seed": seed_input(0, "Seed of the fresh noise."),
         }}
 
     def mix(self, noise, noise_prior, seed):
-        if not 0.0 <= noise_prior <= 1.0:
-            raise ValueError(f"noise_prior={noise_prior} must be in [0, 1]")
         tag = noise.get(INVERTED_KEY)
         if tag is None:
             raise ValueError("noise must come from DDIMInvertVideo (inverted latents); for fresh noise only, give "
                              "SampleVideo an Empty Latent Image")
         z_inv = latent_to_video(noise, 1.0, "noise")
-        fresh = torch.randn(z_inv.shape, generator=torch.Generator().manual_seed(seed))
-        mixed = noise_prior ** 0.5 * z_inv + (1 - noise_prior) ** 0.5 * fresh
+        mixed = md.noise_prior(z_inv, noise_prior, generator=torch.Generator().manual_seed(seed))
         return (video_to_latent(mixed, 1.0, **{INVERTED_KEY: dict(tag, noise_prior=noise_prior)}),)

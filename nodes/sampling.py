@@ -17,6 +17,7 @@ from .boundary import (
     latent_to_video,
     video_to_latent,
 )
+from .common import seed_input
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,7 @@ class SampleVideo:
                               "tooltip": "Classifier-free guidance scale (Tune-A-Video: 12.5)."}),
             "eta": ("FLOAT", {"default": TAV.eta, "min": 0.0, "max": 1.0, "step": 0.01,
                               "tooltip": "DDIM eta: 0 is deterministic."}),
-            "seed": ("INT", {"default": TAV.seed, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
-                             "tooltip": "Seed for fresh noise and for eta > 0."}),
+            "seed": seed_input(TAV.seed, "Seed for fresh noise and for eta > 0."),
         }}
 
     def run(self, video_unet, positive, negative, latent, steps, cfg, eta, seed):

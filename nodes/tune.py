@@ -7,6 +7,7 @@ from ..modules.files.plot import loss_curve_image
 from ..modules.training.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns, tune
 from . import host
 from .boundary import VIDEO_UNET, conditioning_tensor, latent_to_video, parked
+from .common import seed_input
 
 
 class OneShotTune:
@@ -29,10 +30,9 @@ class OneShotTune:
                               "tooltip": "Optimisation steps (Tune-A-Video: 500)."}),
             "learning_rate": ("FLOAT", {"default": TAV.learning_rate, "min": 1e-7, "max": 1e-2, "step": 1e-6,
                                         "round": False, "tooltip": "AdamW learning rate (Tune-A-Video: 3e-5)."}),
-            "seed": ("INT", {"default": TAV.seed, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
-                             "tooltip": "Seed for the training noise and timesteps. Its control starts 'fixed' "
-                                        "(web/tunevideo.js): a new seed re-tunes the whole model on the next "
-                                        "Queue."}),
+            "seed": seed_input(TAV.seed, "Seed for the training noise and timesteps. Its control starts 'fixed' "
+                                         "(web/tunevideo.js): a new seed re-tunes the whole model on the next "
+                                         "Queue."),
             "trainable": (list(PRESETS) + ["custom"], {"default": "tune-a-video",
                           "tooltip": "tune-a-video: attn1.to_q, attn2.to_q and attn_temp in every transformer block "
                                      "(the paper). tune-a-video-reference: the same in the mid and up blocks only, "

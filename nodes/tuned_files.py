@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 
-from ..modules.files.atomic import unique_path
 from ..modules.files.deltas import load_delta, save_delta
 from . import host
 from .boundary import VIDEO_UNET
+from .common import save_path
 
 logger = logging.getLogger(__name__)
-
-
-def _next_path(prefix: str):
-    if not re.fullmatch(r"[\w\-. /]+", prefix) or ".." in prefix or prefix.startswith("/"):
-        raise ValueError(f"filename_prefix {prefix!r} may only use letters, digits, '-', '_', '.', ' ' and '/' "
-                         f"sub-folders inside models/tunevideo")
-    target = host.model_dir() / prefix
-    return unique_path(target.parent, target.name, "safetensors")
 
 
 class SaveTunedVideoUNet:
@@ -43,7 +34,7 @@ class SaveTunedVideoUNet:
         }}
 
     def save(self, video_unet, filename_prefix):
-        path = _next_path(filename_prefix)
+        path = save_path(filename_prefix, host.MODEL_FOLDER)
         meta = save_delta(video_unet, path)
         rel = path.relative_to(host.model_dir()).as_posix()
         logger.info("saved %s (%s, base %s)", rel, meta["method"], meta["base_model_hash"])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from ..modules.defaults import VP2P
 from ..modules.methods.video_p2p.edit import attention_image, edit_control, p2p_sample
-from ..modules.methods.video_p2p.null_text import NullTextConfig, null_text_invert
+from ..modules.methods.video_p2p.null_text import NullTextConfig, null_text_invert_video
 from . import host
 from .boundary import VIDEO_UNET, check_tuned_frames, clip_prompt, clip_tokenizer, latent_to_video, video_to_latent
 
 NULL_TEXT_KEY = "tunevideo_null_text"
+NT = NullTextConfig()
 
 
 class NullTextInvertVideo:
@@ -20,8 +21,9 @@ class NullTextInvertVideo:
     RETURN_NAMES = ("inverted",)
     OUTPUT_TOOLTIPS = ("Inverted noise, carrying the per-step null-text embeddings and the source prompt for "
                        "Video-P2P Edit.",)
-    DESCRIPTION = ("Null-text inversion (Mokady et al. 2023) as Video-P2P runs it: Adam per step, lr 1e-2 "
-                   "(1 - i/100), up to 10 updates with early stop, guidance 7.5. fast skips the optimisation.")
+    DESCRIPTION = (f"Null-text inversion (Mokady et al. 2023) as Video-P2P runs it: Adam per step, lr "
+                   f"{NT.learning_rate:g} (1 - i/100), up to {NT.inner_steps} updates with early stop, guidance "
+                   f"{NT.guidance:g}. fast skips the optimisation.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -34,7 +36,8 @@ class NullTextInvertVideo:
                                          "tooltip": "Prompt describing the source video (plain text, at most 75 "
                                                     "tokens); the edit node reuses it."}),
             "steps": ("INT", {"default": VP2P.steps, "min": 1, "max": 1000,
-                              "tooltip": "DDIM steps (Video-P2P: 50); the edit samples with the same number."}),
+                              "tooltip": f"DDIM steps (Video-P2P: {VP2P.steps}); the edit samples with the same "
+                                         f"number."}),
             "fast": ("BOOLEAN", {"default": False, "tooltip": "Skip the null-text optimisation (Video-P2P --fast): "
                                                               "quicker, the source is then sampled unguided."}),
         }}
@@ -43,13 +46,10 @@ class NullTextInvertVideo:
         x0 = latent_to_video(latent, video_unet.latent_scale, "latent")
         cond = clip_prompt(clip, source_prompt, "source_prompt", video_unet)
         uncond = clip_prompt(clip, "", "empty prompt", video_unet)
-        device = host.torch_device()
         host.free_accelerator()
-        # A clone: its weights are usable by autograd even where ComfyUI made them under inference mode.
-        fn = video_unet.replace(network=video_unet.network.clone(device=device)).model_fn(device)
-        config = NullTextConfig(steps=steps)
-        result = null_text_invert(fn, video_unet.schedule, x0.to(device), cond, uncond, config, fast=fast,
-                                  callback=host.Progress(steps * (1 if fast else 2), "NullTextInvertVideo"))
+        result = null_text_invert_video(video_unet, x0, cond, uncond, NullTextConfig(steps=steps), fast=fast,
+                                        device=host.torch_device(),
+                                        callback=host.Progress(steps * (1 if fast else 2), "NullTextInvertVideo"))
         tag = {"uncond": result.uncond.cpu(), "steps": steps, "frames": x0.shape[2], "prompt": source_prompt,
                "fast": fast, "base_hash": video_unet.base_hash}
         return (video_to_latent(result.noise, video_unet.latent_scale, **{NULL_TEXT_KEY: tag}),)
@@ -82,10 +82,12 @@ class VideoP2PEdit:
                                                           "words added to the source prompt."}),
             "cross_replace_steps": ("FLOAT", {"default": VP2P.cross_replace_steps, "min": 0.0, "max": 1.0,
                                               "step": 0.05, "tooltip": "Fraction of steps whose cross-attention "
-                                                                       "comes from the source (Video-P2P: 0.2)."}),
+                                                                       f"comes from the source (Video-P2P: "
+                                                                       f"{VP2P.cross_replace_steps})."}),
             "self_replace_steps": ("FLOAT", {"default": VP2P.self_replace_steps, "min": 0.0, "max": 1.0,
                                              "step": 0.05, "tooltip": "Fraction of steps whose temporal attention "
-                                                                      "comes from the source (Video-P2P: 0.5)."}),
+                                                                      f"comes from the source (Video-P2P: "
+                                                                      f"{VP2P.self_replace_steps})."}),
             "blend_words": ("STRING", {"default": VP2P.blend_words,
                                        "tooltip": "Local blend: 'source word, edit word' (e.g. 'rabbit, rabbit'); "
                                                   "outside their attention the source is kept. Empty: off."}),
@@ -93,9 +95,10 @@ class VideoP2PEdit:
                                     "tooltip": "Edit-prompt words and attention multipliers, e.g. 'origami: 2'. "
                                                "Empty: none."}),
             "blend_threshold": ("FLOAT", {"default": VP2P.blend_threshold, "min": 0.0, "max": 1.0, "step": 0.01,
-                                          "tooltip": "Local-blend mask threshold (Video-P2P: 0.3)."}),
-            "cfg": ("FLOAT", {"default": VP2P.guidance, "min": 1.0, "max": 30.0, "step": 0.1,
-                              "tooltip": "Guidance scale (Video-P2P: 7.5)."}),
+                                          "tooltip": f"Local-blend mask threshold (Video-P2P: "
+                                                     f"{VP2P.blend_threshold})."}),
+            "cfg": ("FLOAT", {"default": VP2P.guidance_scale, "min": 1.0, "max": 30.0, "step": 0.1,
+                              "tooltip": f"Guidance scale (Video-P2P: {VP2P.guidance_scale})."}),
         }}
 
     def run(self, video_unet, inverted, clip, edit_prompt, mode, cross_replace_steps, self_replace_steps,
@@ -115,9 +118,9 @@ class VideoP2PEdit:
                                blend_threshold=blend_threshold)
         device = host.torch_device()
         host.free_accelerator()
-        unet = video_unet.network.clone(device=device)
+        network = video_unet.network.clone(device=device)
         null_text = tag["uncond"] if len(tag["uncond"]) else None
-        out, _, controller = p2p_sample(unet, video_unet.schedule, x_t.to(device), cond_src, cond_edit, uncond,
+        out, _, controller = p2p_sample(network, video_unet.schedule, x_t.to(device), cond_src, cond_edit, uncond,
                                         control, steps=tag["steps"], guidance=cfg, null_text=null_text,
                                         fast=tag["fast"], callback=host.Progress(tag["steps"], "VideoP2PEdit"))
         scale = video_unet.latent_scale
