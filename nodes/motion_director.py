@@ -156,6 +156,8 @@ def _loras(value, name: str) -> list[L.LoRAWeights]:
 
 def _target(kind: str, prefix: str):
     folder = host.LORA_FOLDER if kind == "spatial" else host.MOTION_LORA_FOLDER
+    if not isinstance(prefix, str) or not prefix.strip():
+        raise ValueError(f"filename_prefix must not be empty: give a name inside models/{folder}, e.g. 'edits/run'")
     if not re.fullmatch(r"[\w\-. /]+", prefix) or ".." in prefix or prefix.startswith("/"):
         raise ValueError(f"filename_prefix {prefix!r} may only use letters, digits, '-', '_', '.', ' ' and '/' "
                          f"sub-folders inside models/{folder}")

@@ -14,6 +14,8 @@ logger = logging.getLogger(__name__)
 
 
 def _next_path(prefix: str):
+    if not isinstance(prefix, str) or not prefix.strip():
+        raise ValueError("filename_prefix must not be empty: give a name inside models/tunevideo, e.g. 'edits/run'")
     if not re.fullmatch(r"[\w\-. /]+", prefix) or ".." in prefix or prefix.startswith("/"):
         raise ValueError(f"filename_prefix {prefix!r} may only use letters, digits, '-', '_', '.', ' ' and '/' "
                          f"sub-folders inside models/tunevideo")
