@@ -2,6 +2,7 @@
 
 from . import host
 from .animatediff import AnimateDiffVideoUNet
+from .boundary import check_float_inputs
 from .dreamix import (
     DreamixCorruptedSample,
     DreamixCorruptVideo,
@@ -50,6 +51,9 @@ NODE_CLASS_MAPPINGS = {
     "ImageToCoarseVideo": ImageToCoarseVideo,
     "StackSubjectImages": StackSubjectImages,
 }
+
+for _cls in NODE_CLASS_MAPPINGS.values():
+    check_float_inputs(_cls)
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "InflateUNetTemporal": "Inflate UNet (Temporal)",

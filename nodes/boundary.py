@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -16,6 +18,7 @@ from einops import rearrange
 
 from ..modules.convert.unet import UnsupportedModelError, check_supported
 from ..modules.defaults import SD_LATENT_SCALE
+from ..modules.finite import finite_number
 from ..modules.sampling.schedule import NoiseSchedule
 from ..modules.video_unet import VideoUNet
 
@@ -210,3 +213,50 @@ def parked(video_unet: VideoUNet) -> VideoUNet:
     if any(p.device != where for p in video_unet.network.parameters()):
         return video_unet.replace(network=video_unet.network.clone(device=where))
     return video_unet
+
+
+def _float_inputs(cls) -> list[str]:
+    spec = cls.INPUT_TYPES()
+    return [name for section in ("required", "optional") for name, entry in spec.get(section, {}).items()
+            if entry and entry[0] == "FLOAT"]
+
+
+def check_float_inputs(cls) -> type:
+    """Make ``cls``'s FUNCTION refuse a NaN or infinite FLOAT input, naming it (ComfyUI's min/max check lets NaN
+    through: every comparison with NaN is false). Applied once to every node class at registration; idempotent."""
+    name = cls.FUNCTION
+    method = getattr(cls, name)
+    if getattr(method, "_checks_floats", False):
+        return cls
+    signature = inspect.signature(method)
+    floats: list[list[str]] = []  # the FLOAT inputs, read from INPUT_TYPES on the first call
+
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        if not floats:
+            floats.append(_float_inputs(cls))
+        bound = signature.bind_partial(self, *args, **kwargs).arguments
+        for key in floats[0]:
+            if key in bound and bound[key] is not None:
+                finite_number(bound[key], key)
+        return method(self, *args, **kwargs)
+
+    checked._checks_floats = True
+    setattr(cls, name, checked)
+    return cls
+
+
+def check_declared_ranges(spec: dict, **values) -> None:
+    """Refuse INT/FLOAT ``values`` outside the ``min``/``max`` that ``spec`` (an ``INPUT_TYPES()`` result) declares,
+    for calls that bypass ComfyUI's validation (API graphs of nodes with VALIDATE_INPUTS, direct calls)."""
+    entries = {k: v for section in spec.values() for k, v in section.items()}
+    for name, value in values.items():
+        kind, options = entries[name][0], entries[name][1]
+        if kind not in ("INT", "FLOAT"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name}={value!r} must be a number")
+        number = finite_number(value, name)
+        low, high = options.get("min"), options.get("max")
+        if low is not None and number < low or high is not None and number > high:
+            raise ValueError(f"{name}={value} is outside its allowed range [{low}, {high}]")

@@ -21,6 +21,8 @@ def seed_input(default: int, tooltip: str) -> tuple:
 def save_path(prefix: str, folder: str, stem_suffix: str = "") -> Path:
     """A new ``.safetensors`` path for ``filename_prefix`` (+ ``stem_suffix``) inside ``models/<folder>``, a counter
     appended so nothing is overwritten; refuses prefixes that leave the folder or use other characters."""
+    if not isinstance(prefix, str) or not prefix.strip():
+        raise ValueError(f"filename_prefix must not be empty: give a name inside models/{folder}, e.g. 'edits/run'")
     if not re.fullmatch(r"[\w\-. /]+", prefix) or ".." in prefix or prefix.startswith("/"):
         raise ValueError(f"filename_prefix {prefix!r} may only use letters, digits, '-', '_', '.', ' ' and '/' "
                          f"sub-folders inside models/{folder}")

@@ -8,7 +8,7 @@ import torch
 
 from ..modules.evaluation.clip_eval import video_chart
 from ..modules.evaluation.clip_files import load_clip_model
-from ..modules.evaluation.clip_score import CLIP_EVAL, resize_crop, score_video
+from ..modules.evaluation.clip_score import CLIP_EVAL, resize_crop, score_video, truncation_note
 from . import host
 
 CLIP_SCORE_MODEL = "CLIP_SCORE_MODEL"
@@ -86,6 +86,9 @@ class CLIPVideoScore:
         source = score.source_similarity if score.source_similarity is not None else nan
         ui = {"clip_scores": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
                                for k, v in score.as_dict().items()}]}
+        note = truncation_note(clip_model, prompt) if getattr(clip_model, "tokenizer", None) else None
+        if note:
+            ui["text"] = [note]
         return {"ui": ui, "result": (score.frame_consistency, text, source, video_chart(score))}
 
 

@@ -93,15 +93,32 @@ def input_dir() -> Path:
     return Path(_fp.get_input_directory()) if _fp is not None else _fallback_root() / "input"
 
 
-def input_path(name: str) -> Path:
-    """Resolve a file picked in an upload widget (``name`` may carry ComfyUI's ``[input]`` annotation)."""
-    if _fp is not None:
-        if not _fp.exists_annotated_filepath(name):
-            raise FileNotFoundError(f"video {name!r} not found in ComfyUI's input folder")
-        return Path(_fp.get_annotated_filepath(name))
-    path = Path(name) if os.path.isabs(name) else input_dir() / name
+_ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
+
+
+def _annotated(name: str) -> tuple[str, Path]:
+    """``name`` without ComfyUI's ``[input]``/``[output]``/``[temp]`` annotation, and the folder it names."""
+    for suffix, folder in _ANNOTATIONS.items():
+        if name.endswith(suffix) and _fp is not None:
+            return name[: -len(suffix)], Path(getattr(_fp, f"get_{folder}_directory")())
+    return name, input_dir()
+
+
+def input_path(name: str, what: str = "video") -> Path:
+    """Resolve a file picked in an upload widget (``name`` may carry ComfyUI's ``[input]`` annotation). Only files
+    inside ComfyUI's input folder (or the folder the annotation names) are read: absolute paths and ``..`` escapes
+    are refused before anything is looked up, so the message never says whether a file exists elsewhere."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{what} must be the name of a file in ComfyUI's input folder, got "
+                         f"{type(name).__name__} {name!r}")
+    clean, base = _annotated(name)
+    inside = base.resolve()
+    path = (inside / clean).resolve()
+    if os.path.isabs(clean) or ".." in Path(clean).parts or not path.is_relative_to(inside):
+        raise ValueError(f"{what} {name!r} must be a file inside ComfyUI's input folder (absolute paths and '..' "
+                         f"are refused); upload the file or copy it into the input folder")
     if not path.is_file():
-        raise FileNotFoundError(f"video {name!r} not found (looked for {path})")
+        raise FileNotFoundError(f"{what} {name!r} not found in ComfyUI's input folder")
     return path
 
 

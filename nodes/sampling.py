@@ -52,7 +52,7 @@ class DDIMInvertVideo:
         fn = video_unet.model_fn(device)
         x_t = ddim_invert(fn, video_unet.schedule, x0.to(device), context, steps,
                           callback=host.Progress(steps, "DDIMInvertVideo"))
-        tag = {"steps": steps, "frames": x0.shape[2]}
+        tag = {"steps": steps, "frames": x0.shape[2], "base_hash": video_unet.base_hash}
         return (video_to_latent(x_t, video_unet.latent_scale, **{INVERTED_KEY: tag}),)
 
 
@@ -92,19 +92,31 @@ class SampleVideo:
         x = latent_to_video(latent, video_unet.latent_scale, "latent")
         gen = torch.Generator(device="cpu").manual_seed(seed)
         tag = latent.get(INVERTED_KEY)
+        warning = None
         if tag is None:
             x = torch.randn(x.shape, generator=gen)
         else:
-            _check_inverted(tag, video_unet, steps)
+            warning = _check_inverted(tag, video_unet, steps)
         host.free_accelerator()
         fn = video_unet.model_fn(device)
         out = sample(fn, video_unet.schedule, x.to(device), cond, uncond, steps, cfg, eta, generator=gen,
                      callback=host.Progress(steps, "SampleVideo"))
-        return (video_to_latent(out, video_unet.latent_scale),)
+        result = (video_to_latent(out, video_unet.latent_scale),)
+        return result if warning is None else {"ui": {"text": [warning]}, "result": result}
 
 
-def _check_inverted(tag: dict, video_unet, steps: int) -> None:
+def _check_inverted(tag: dict, video_unet, steps: int) -> str | None:
+    """Refuse noise inverted over another frame count; warn (console, and the returned text) when it was inverted
+    with another base model: not an error, MotionDirector samples a trained model from its base's inverted noise."""
     check_tuned_frames(tag.get("frames"), video_unet, "latent: inverted noise")
     if tag.get("steps") != steps:
         logger.warning("SampleVideo: noise was inverted with %s steps but sampling uses %d; the start noise level "
                        "differs slightly", tag.get("steps"), steps)
+    made, own = tag.get("base_hash"), video_unet.base_hash
+    if made and own and made != own:
+        warning = (f"SampleVideo: the latent was inverted with another base model ({made}) than this VIDEO_UNET's "
+                   f"({own}); the result will not follow the source video's structure. Invert with the model you "
+                   f"sample with, unless this is intended")
+        logger.warning("%s", warning)
+        return warning
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..modules.defaults import TAV
 from ..modules.files.video_io import read_video
 from . import host
+from .boundary import check_declared_ranges
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".webp")
 
@@ -38,6 +39,8 @@ class LoadVideoClip:
         }}
 
     def load(self, video, start_frame, frame_count, stride, width, height):
+        check_declared_ranges(self.INPUT_TYPES(), start_frame=start_frame, frame_count=frame_count, stride=stride,
+                              width=width, height=height)
         frames, fps = read_video(host.input_path(video), start=start_frame, count=frame_count, stride=stride,
                                  width=width, height=height)
         return (frames, float(fps))
@@ -49,9 +52,11 @@ class LoadVideoClip:
         return f"{path}:{stat.st_mtime_ns}:{stat.st_size}"
 
     @classmethod
-    def VALIDATE_INPUTS(cls, video, **_):
+    def VALIDATE_INPUTS(cls, video):
+        """Checks ``video`` only: ComfyUI skips its own checks of every input named here (all of them with
+        ``**kwargs``), so the numbers keep ComfyUI's min/max validation."""
         try:
             host.input_path(video)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:
             return str(e)
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..modules.defaults import VP2P
+from ..modules.finite import finite_number
 from ..modules.methods.video_p2p.edit import attention_image, edit_control, p2p_sample
 from ..modules.methods.video_p2p.null_text import NullTextConfig, null_text_invert_video
 from . import host
@@ -10,6 +11,9 @@ from .boundary import VIDEO_UNET, check_tuned_frames, clip_prompt, clip_tokenize
 
 NULL_TEXT_KEY = "tunevideo_null_text"
 NT = NullTextConfig()
+#: Largest attention multiplier a reweight entry may give: prompt-to-prompt uses single digits; far larger values
+#: overflow the attention output (1e30 gives an all-NaN edit).
+REWEIGHT_LIMIT = 100.0
 
 
 class NullTextInvertVideo:
@@ -150,10 +154,11 @@ def _weights(text: str) -> dict[str, float]:
         if not item:
             continue
         word, sep, value = item.rpartition(":")
-        try:
-            out[word.strip()] = float(value)
-        except ValueError:
-            sep = ""
         if not sep or not word.strip():
             raise ValueError(f"reweight entry {item!r} must be 'word: number', e.g. 'origami: 2'")
+        try:
+            out[word.strip()] = finite_number(value, f"reweight {word.strip()!r}", -REWEIGHT_LIMIT, REWEIGHT_LIMIT)
+        except ValueError as e:
+            raise ValueError(f"reweight entry {item!r} must be 'word: number' with a finite number between "
+                             f"{-REWEIGHT_LIMIT:g} and {REWEIGHT_LIMIT:g}, e.g. 'origami: 2' ({e})") from e
     return out

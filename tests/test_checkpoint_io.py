@@ -190,3 +190,33 @@ def test_delta_reloads_with_the_attention_it_was_tuned_with(tuned, tiny_video_mo
               metadata={"attention": "mystery"})
     with pytest.raises(ValueError, match="attention 'mystery'"):
         load_delta(tiny_video_model, tmp_path / "odd.safetensors")
+
+
+def test_every_weight_reader_names_a_damaged_file_and_says_what_to_do(tiny_video_model, tmp_path):
+    """Issue 19: one reader for deltas, LoRAs, motion modules, CLIP scorers and checkpoints."""
+    from tunevideo.modules.convert.checkpoint import load_checkpoint
+    from tunevideo.modules.evaluation.clip_files import load_clip_model
+    from tunevideo.modules.networks.animatediff import read_motion_module
+    from tunevideo.modules.training.lora import load_lora
+
+    random = tmp_path / "random.safetensors"
+    random.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                     dtype=torch.uint8).numpy().tobytes())
+    truncated = tmp_path / "truncated.safetensors"
+    save_file({"a": torch.zeros(64, 64)}, str(truncated))
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    readers = [lambda p: load_delta(tiny_video_model, p), read_motion_module,
+               lambda p: load_lora(p, tiny_video_model.network, "temporal"), load_clip_model, load_checkpoint]
+    for path in (random, truncated):
+        for read in readers:
+            with pytest.raises(ValueError, match=f"{path.name}: not a readable safetensors file.*download or save "
+                                                 f"it again"):
+                read(path)
+
+
+def test_deltas_with_non_finite_tensors_are_refused_and_not_written(tuned, tmp_path):
+    name = next(iter(tuned.delta_names()))
+    broken = tuned.with_tensors({name: tuned.network.state_dict()[name] * float("nan")})
+    with pytest.raises(ValueError, match=f"delta nan.safetensors: .* NaN/infinite values .*{name}"):
+        save_delta(broken, tmp_path / "nan.safetensors")
+    assert list(tmp_path.iterdir()) == []

@@ -63,6 +63,9 @@ def test_loader_lists_folders_and_files_and_scores_like_the_engine(models, monke
     assert out["ui"]["clip_scores"][0]["text_per_frame"] == pytest.approx(want.text_per_frame, abs=1e-5)
     with pytest.raises(FileNotFoundError, match="must be a name listed"):
         host.clip_model_path("../secrets")
+    long = CLIPVideoScore().run(frames, " ".join(["bear"] * 100), clip_model=clip)
+    assert "tokens; CLIP reads the first" in long["ui"]["text"][0]  # said in the output, not only the console
+    assert "text" not in out["ui"]
 
 
 def test_clip_vision_serves_the_image_metrics(models):

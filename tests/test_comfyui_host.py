@@ -451,3 +451,22 @@ def test_dreamix_and_ei2_workflows_run(host):
 
     _, meta = read_delta(base / "models" / "tunevideo" / "ei2" / "man-skiing_00001.safetensors")
     assert (meta["attention"], meta["temporal"]) == ("ei2-ffam", "ei2-stam")
+
+
+def test_load_video_clip_outside_input_and_zero_frames_are_refused_at_validation(host):
+    """Issue 19: VALIDATE_INPUTS(video) alone keeps ComfyUI's min/max checks; paths outside input/ are refused."""
+    url, base = host
+    outside = base / "outside.mp4"
+    shutil.copy(ROOT / "assets" / "sample" / "man-skiing-16f-128.mp4", outside)
+    for video, frame_count, expected in ((str(outside), 4, "inside ComfyUI's input folder"),
+                                         ("../outside.mp4", 4, "inside ComfyUI's input folder"),
+                                         ("man-skiing.mp4", 0, "frame_count")):
+        api = _shrunk_workflow()
+        clip_id = next(k for k, n in api.items() if n["class_type"] == "LoadVideoClip")
+        api[clip_id]["inputs"].update(video=video, frame_count=frame_count)
+        req = urllib.request.Request(f"{url}/prompt", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"prompt": api, "client_id": "tunevideo-test"}).encode())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=30)
+        body = refused.value.read().decode()
+        assert refused.value.code == 400 and expected in body, body[:2000]

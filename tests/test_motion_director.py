@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -253,3 +254,36 @@ def test_spatial_targets_are_the_image_transformers_only():
     assert re.fullmatch(L.SPATIAL_TARGETS, "mid_block.attentions.0.transformer_blocks.0.ff.net.2")
     assert not re.fullmatch(L.SPATIAL_TARGETS, "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1.to_q")
     assert not re.fullmatch(L.SPATIAL_TARGETS, "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q")
+
+
+def test_nan_lora_training_stops_with_a_clear_error_and_writes_nothing(tmp_path, monkeypatch, ad_model):
+    """Issue 19: lr 0.1 (the declared max) in fp16, 3 steps, rank 4 gave a LoRA of NaNs that SaveVideoLoRA wrote.
+    CPU fp16 autocast need not diverge, so the loss is forced non-finite; the loop must stop and say what to try."""
+    from tunevideo.modules.methods import motion_director as MDM
+
+    monkeypatch.setenv("TUNEVIDEO_HOME", str(tmp_path))
+    real = MDM._forward
+    monkeypatch.setattr(MDM, "_forward", lambda *a: real(*a) * float("nan"))
+    latent = {"samples": clip(8)[0][0].permute(1, 0, 2, 3)}
+    with torch.inference_mode(), pytest.raises(ValueError, match=r"MotionDirector: the loss became nan at step "
+                                                                  r"1/3 \(precision fp16\).*lower learning rate"):
+        N["SpatialTemporalLoRATrain"]().run(ad_model, latent, cond(0), 0, 3, 4, 0.1, 0.1, 0, "spatial+temporal",
+                                            False, "fp16")
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_savers_refuse_non_finite_loras_and_empty_prefixes(tmp_path, monkeypatch, ad_model):
+    monkeypatch.setenv("TUNEVIDEO_HOME", str(tmp_path))
+    x, c = clip(0)
+    res = train(ad_model, [x], [c], MotionDirectorConfig(steps=1, **FAST))
+    key, (down, up) = next(iter(res.temporal.layers.items()))
+    broken = dataclasses.replace(res.temporal, layers={**res.temporal.layers, key: (down, up + float("nan"))})
+    with pytest.raises(ValueError, match="NaN/infinite values.*nothing was written.*lower learning rate"):
+        N["SaveVideoLoRA"]().save(broken, "md/nan")
+    with pytest.raises(ValueError, match="NaN/infinite"):
+        L.save_lora(broken, tmp_path / "direct.safetensors")
+    with pytest.raises(ValueError, match="filename_prefix must not be empty"):
+        N["SaveVideoLoRA"]().save(res.temporal, "")
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="strength=nan must be a finite number"):
+        N["ApplyVideoLoRA"]().apply(ad_model, res.temporal, float("nan"))

@@ -283,3 +283,94 @@ def test_tuning_seed_widgets_default_to_fixed():
     tuning_nodes = [k for k, cls in N.items() if cls.CATEGORY == "TuneVideo/train"]
     assert tuning_nodes and all(f'"{k}"' in script for k in tuning_nodes)
     assert 'control.value = "fixed"' in script
+
+
+# ------------------------------------------------------------------------------------------- issue 19: bad inputs
+def test_validate_inputs_never_switches_off_comfyui_checks():
+    """ComfyUI skips its own min/max/list checks of every input a VALIDATE_INPUTS takes (all with **kwargs)."""
+    import inspect
+
+    for node_id, cls in N.items():
+        if hasattr(cls, "VALIDATE_INPUTS"):
+            params = inspect.signature(cls.VALIDATE_INPUTS).parameters.values()
+            assert not any(p.kind is p.VAR_KEYWORD for p in params), f"{node_id}.VALIDATE_INPUTS takes **kwargs"
+
+
+def test_load_video_clip_reads_only_inside_input(tmp_path, monkeypatch):
+    from tunevideo.modules.files.video_io import write_video
+
+    monkeypatch.setenv("TUNEVIDEO_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "input").mkdir(parents=True)
+    write_video(torch.rand(4, 16, 16, 3), tmp_path / "home" / "input" / "clip.mp4", fps=8)
+    write_video(torch.rand(4, 16, 16, 3), tmp_path / "outside.mp4", fps=8)
+    node = N["LoadVideoClip"]
+    assert node.VALIDATE_INPUTS("clip.mp4") is True
+    refused = [node.VALIDATE_INPUTS(v) for v in (str(tmp_path / "outside.mp4"), str(tmp_path / "missing.mp4"),
+                                                  "../outside.mp4", "../../missing.mp4")]
+    assert all(isinstance(r, str) and "video" in r and "inside ComfyUI's input folder" in r for r in refused)
+    assert {r.replace("missing", "outside").replace("../../", "../") for r in refused} == {
+        refused[0], refused[2]}  # the same words whether or not the file exists there
+    assert "got int 12345" in node.VALIDATE_INPUTS(12345)
+    with pytest.raises(ValueError, match="inside ComfyUI's input folder"):
+        node().load(str(tmp_path / "outside.mp4"), 0, 2, 1, 16, 16)
+    for change, message in (({"frame_count": 0}, "frame_count=0"), ({"frame_count": -3}, "frame_count=-3"),
+                            ({"width": 8192}, "width=8192"), ({"height": 8192}, "height=8192")):
+        args = {"start_frame": 0, "frame_count": 2, "stride": 1, "width": 16, "height": 16, **change}
+        with pytest.raises(ValueError, match=f"{message} is outside its allowed range"):
+            node().load("clip.mp4", **args)
+    frames, _ = node().load("clip.mp4", 0, 2, 1, 16, 16)
+    assert frames.shape == (2, 16, 16, 3)
+
+
+FLOAT_NODES = sorted(k for k, c in N.items() if any(e[0] == "FLOAT" for s in c.INPUT_TYPES().values()
+                                                    for e in s.values()))
+
+
+@pytest.mark.parametrize("node_id", FLOAT_NODES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_every_float_input_refuses_non_finite_values(node_id, bad):
+    cls = N[node_id]
+    spec = cls.INPUT_TYPES()
+    names = [(n, e) for s in spec.values() for n, e in s.items()]
+    for name, entry in names:
+        if entry[0] != "FLOAT":
+            continue
+        args = {n: (bad if n == name else e[1].get("default")) for n, e in names}
+        with pytest.raises(ValueError, match=f"{name}=.* must be a finite number"):
+            getattr(cls(), cls.FUNCTION)(**args)
+
+
+def test_sample_video_warns_when_noise_was_inverted_with_another_base(tiny_unet2d, tiny_unet_config, caplog):
+    model = fake_model(tiny_unet2d, tiny_unet_config)
+    latent = {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    with torch.inference_mode():
+        (video,) = N["InflateUNetTemporal"]().inflate(model)
+        (noise,) = N["DDIMInvertVideo"]().run(video, latent, cond(1), steps=2)
+        assert noise[INVERTED_KEY]["base_hash"] == video.base_hash
+        (same,) = N["SampleVideo"]().run(video, cond(2), cond(1), noise, steps=2, cfg=5.0, eta=0.0, seed=0)
+        other = video.replace(base_hash="0" * 16)
+        out = N["SampleVideo"]().run(other, cond(2), cond(1), noise, steps=2, cfg=5.0, eta=0.0, seed=0)
+    assert isinstance(out, dict) and "another base model" in out["ui"]["text"][0]
+    assert "0" * 16 in out["ui"]["text"][0] and video.base_hash in out["ui"]["text"][0]
+    assert "another base model" in caplog.text
+    assert same["samples"].shape == out["result"][0]["samples"].shape
+
+
+def test_empty_filename_prefix_says_so(tiny_video_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEVIDEO_HOME", str(tmp_path))
+    for prefix in ("", "   "):
+        with pytest.raises(ValueError, match="filename_prefix must not be empty"):
+            N["SaveTunedVideoUNet"]().save(tiny_video_model, prefix)
+
+
+def test_tuning_stops_with_a_clear_error_when_the_loss_turns_nan(tiny_video_model, monkeypatch):
+    from tunevideo.modules.training import tune as T
+
+    real = T.denoising_loss
+    monkeypatch.setattr(T, "denoising_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    latent = {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    with torch.inference_mode(), pytest.raises(ValueError, match=r"loss became nan at step 1/3 \(precision fp16\)"
+                                                                  r".*lower learning rate.*fp32 or bf16"):
+        N["OneShotTune"]().run(tiny_video_model, latent, cond(1), steps=3, learning_rate=1e-3, seed=0,
+                               trainable="tune-a-video", custom_patterns="", batch_size=1,
+                               gradient_checkpointing=False, mixed_precision="fp16", prompt_note="")

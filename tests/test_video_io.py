@@ -164,3 +164,17 @@ def test_shipped_sample_clip():
     frames, fps = video_io.read_video(SAMPLE, start=0, count=8, stride=1, width=64, height=64)
     assert frames.shape == (8, 64, 64, 3) and abs(fps - 14.985) < 0.01
     assert frames.std() > 0.05  # real content, not a blank clip
+
+
+def test_too_short_or_too_large_requests_are_refused_before_decoding(clip_path, monkeypatch):
+    """Issue 19: the clip's length and the memory a request needs are checked before any frame is decoded."""
+    def no_decoding(*_):
+        raise AssertionError("decoded before checking the request")
+        yield  # a generator, as the real one: nothing runs until the first frame is asked for
+
+    monkeypatch.setattr(video_io, "_av_frames", no_decoding)
+    with pytest.raises(ValueError, match="indexed.mp4 has 12 frames; start=0, stride=1, count=1024 needs frame 1023"):
+        video_io.read_video(clip_path, start=0, count=1024, stride=1, width=64, height=48)
+    monkeypatch.setattr(video_io, "available_memory", lambda: 2**30)
+    with pytest.raises(ValueError, match=r"12 frames at 4096x4096 need about 4.5 GiB .* 1.0 GiB are free"):
+        video_io.read_video(clip_path, start=0, count=12, stride=1, width=4096, height=4096)

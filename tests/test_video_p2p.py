@@ -159,6 +159,9 @@ def test_video_p2p_nodes_end_to_end_with_clear_errors(tiny_unet2d, tiny_unet_con
         bad = [({"edit_prompt": "a origami dog"}, "blend \\(edit\\) word 'cat'"),
                ({"mode": "word swap", "edit_prompt": "a big cat"}, "same number of words"),
                ({"reweight": "origami"}, "'word: number'"),
+               ({"reweight": "origami: nan"}, "finite number"),
+               ({"reweight": "origami: 1e30"}, "between -100 and 100"),
+               ({"blend_threshold": float("nan")}, "blend_threshold=nan must be a finite number"),
                ({"blend_words": "cat"}, "two words"),
                ({"edit_prompt": "a (origami:1.2) cat"}, "plain text"),
                ({"edit_prompt": "a cat " + "x" * 80, "blend_words": ""}, "more than 75 tokens")]

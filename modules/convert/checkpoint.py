@@ -36,12 +36,12 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors import SafetensorError, safe_open
 from transformers import CLIPTextModel
 
 from ..defaults import SD_LATENT_SCALE
 from ..files import PICKLE_SUFFIXES
 from ..files.deltas import unet_fingerprint, unet_hash
+from ..files.reader import read_header, read_safetensors
 from ..sampling.schedule import PREDICTION_TYPES, NoiseSchedule
 from .state_dict import describe_keys, sub_prefix
 from .text_encoder import (
@@ -148,22 +148,16 @@ def _check_path(path: Path) -> None:
 def _read(path: Path, dtype: torch.dtype | None) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
     """Tensors of the parts this loader uses (UNet at its stored dtype, the rest cast to ``dtype``), metadata, keys."""
     wanted = (LDM_UNET_PREFIX, VAE_PREFIX, SD1_TEXT_PREFIX, SD2_TEXT_PREFIX)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            keys = list(f.keys())
-            if _unsupported_reason(keys) or not any(k.startswith(LDM_UNET_PREFIX) for k in keys):
-                return {}, meta, keys
-            tensors = {}
-            for k in keys:
-                if k.startswith(wanted) or k in ("alphas_cumprod", "v_pred"):
-                    t = f.get_tensor(k)
-                    keep = k.startswith(LDM_UNET_PREFIX) or k == "alphas_cumprod"  # hashed / read as stored
-                    tensors[k] = t if keep or dtype is None or not t.is_floating_point() else t.to(dtype)
-    except FileNotFoundError:
-        raise
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    keys, meta = read_header(path, "checkpoint")
+    if _unsupported_reason(keys) or not any(k.startswith(LDM_UNET_PREFIX) for k in keys):
+        return {}, meta, keys
+
+    def convert(k: str, t: torch.Tensor) -> torch.Tensor:
+        keep = k.startswith(LDM_UNET_PREFIX) or k == "alphas_cumprod"  # hashed / read as stored
+        return t if keep or dtype is None or not t.is_floating_point() else t.to(dtype)
+
+    tensors, _ = read_safetensors(path, "checkpoint", lambda k: k.startswith(wanted) or k in ("alphas_cumprod",
+                                                                                            "v_pred"), convert)
     return tensors, meta, keys
 
 

@@ -28,12 +28,11 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ..convert.state_dict import assign_weights, check_no_meta, describe_keys
 from ..convert.text_encoder import TokenizerNotFoundError, load_tokenizer, open_clip_to_hf_keys
+from ..files.reader import read_header, read_safetensors
 from .clip_score import CLIP_MEAN, CLIP_STD, INSTALL_HINT, ClipModelError, ClipScoreModel
 
 logger = logging.getLogger(__name__)
@@ -127,12 +126,11 @@ def _tokenizer(folder: Path | None, tokenizer_dir, model):
 
 # ----------------------------------------------------------------------------------------------------- single file
 def _from_file(file: Path, tokenizer_dir) -> ClipScoreModel:
-    with safe_open(str(file), framework="pt") as f:
-        keys = set(f.keys())
+    keys = set(read_header(file, "CLIP model")[0])
     if "visual.conv1.weight" in keys or "token_embedding.weight" in keys:
-        sd = openai_to_hf_keys(load_file(str(file)))
+        sd = openai_to_hf_keys(read_safetensors(file, "CLIP model")[0])
     elif any(k.startswith(("vision_model.", "text_model.")) for k in keys):
-        sd = load_file(str(file))
+        sd = read_safetensors(file, "CLIP model")[0]
     else:
         raise ClipModelError(f"{file.name} is not a CLIP in transformers or OpenAI key layout (found "
                              f"{describe_keys(sorted(keys))})")

@@ -164,15 +164,25 @@ def image_embeddings(clip: ClipScoreModel, pixel_values: torch.Tensor,
     return torch.cat(out)
 
 
+def truncation_note(clip: ClipScoreModel, prompt: str) -> str | None:
+    """The sentence saying that ``prompt`` is longer than CLIP's context and is truncated; None when it fits."""
+    length = int(clip.model.config.text_config.max_position_embeddings)
+    full = clip.tokenizer([prompt], padding=False, truncation=False)["input_ids"]
+    n = len(full[0])
+    if n <= length:
+        return None
+    return f"prompt has {n} tokens; CLIP reads the first {length} (truncated), so text alignment ignores the rest"
+
+
 @torch.no_grad()
 def text_embedding(clip: ClipScoreModel, prompt: str) -> torch.Tensor:
     """Projected CLIP text embedding ``[P]`` of one prompt (float32). Prompts over the context are truncated."""
     clip.require_text()
     check_prompt(prompt)
     length = int(clip.model.config.text_config.max_position_embeddings)
-    full = clip.tokenizer([prompt], padding=False, truncation=False)["input_ids"][0]
-    if len(full) > length:
-        logger.warning("prompt has %d tokens; CLIP reads the first %d (truncated)", len(full), length)
+    note = truncation_note(clip, prompt)
+    if note:
+        logger.warning("%s", note)
     ids = clip.tokenizer([prompt], padding="max_length", max_length=length, truncation=True,
                          return_tensors="pt")["input_ids"]
     vocab = int(clip.model.config.text_config.vocab_size)

@@ -21,14 +21,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..convert.unet import strip_ldm_prefix
+from ..finite import check_finite_tensors
 from ..networks.inflate import ATTENTION_VARIANTS, TEMPORAL_MARKER, TEMPORAL_VARIANTS
 from ..video_unet import TuneRecord, VideoUNet
 from . import PICKLE_SUFFIXES
 from .atomic import atomic_write
+from .reader import read_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def save_delta(model: VideoUNet, path: str | os.PathLike, overwrite: bool = Fals
         raise ValueError(f"delta file name {path.name!r} must end with .safetensors")
     state = model.network.state_dict()
     tensors = {k: state[k].detach().to("cpu").contiguous() for k in model.delta_names()}
+    check_finite_tensors(tensors, f"delta {path.name}")
     meta = delta_metadata(model)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite)
     logger.info("saved %d tensors to %s", len(tensors), path)
@@ -164,14 +166,7 @@ def _resolve(path: Path) -> Path:
 
 def read_delta(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a delta or full Tune-A-Video UNet file (or its output folder)."""
-    path = _resolve(Path(path))
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several error types for damaged files
-        raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
-    return tensors, meta
+    return read_safetensors(_resolve(Path(path)), "tuned weights")
 
 
 def load_delta(model: VideoUNet, path: str | os.PathLike, check_base: bool = True) -> VideoUNet:

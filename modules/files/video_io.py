@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import operator
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -142,6 +143,46 @@ def probe_video(path) -> dict:
         return {"fps": fps, "frames": frames, "width": w, "height": h}
 
 
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations (psutil when installed, as under ComfyUI; else sysconf)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _header_frames(container) -> tuple[int, bool]:
+    """(frame count from the container header, whether it is exact); (0, False) when unknown."""
+    s = container.streams.video[0]
+    if s.frames:
+        return int(s.frames), True
+    return int(float(container.duration or 0) / 1e6 * _av_fps(s)), False
+
+
+def _check_request(path: Path, frames: int, exact: bool, start: int, count: int, stride: int, width: int,
+                   height: int) -> None:
+    """Before decoding: refuse a range the container cannot hold (by its header frame count; an estimate from the
+    duration gets a 10% margin) and a result that cannot fit in memory, with the numbers."""
+    wanted_last = start + (count - 1) * stride if count > 0 else start
+    known = frames if exact else int(frames * 1.1) + 1
+    if frames > 0 and wanted_last >= known:
+        raise ValueError(f"{path.name} has {frames} frames{'' if exact else ' (header estimate)'}; start={start}, "
+                         f"stride={stride}, count={count} needs frame {wanted_last}")
+    n = count if count > 0 else max(frames - start, 0) // stride + 1
+    need = 2 * n * width * height * 3 * 4  # float32 frames, held twice while they are joined
+    free = available_memory()
+    if free is not None and need > free:
+        raise ValueError(f"{path.name}: {n} frames at {width}x{height} need about {need / 2**30:.1f} GiB of memory "
+                         f"({n} x {height} x {width} x 3 float32, twice while joined) but {free / 2**30:.1f} GiB "
+                         f"are free; load fewer frames (frame_count, stride) or a smaller size")
+
+
 def resize_center_crop(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """``[F, H, W, C]`` -> ``[F, height, width, C]``: antialiased bicubic resize to cover, then centre crop."""
     _check_size(width, height)
@@ -172,10 +213,13 @@ def read_video(path, start: int = 0, count: int = 24, stride: int = 2, width: in
     if path.suffix.lower() in _PIL_READ:
         image, durations = _open_pil(path), []
         source, fps = _pil_frames(path, image, durations), None
+        header = getattr(image, "n_frames", 1), True
     else:
         image = _open_av(path)
         source, fps = _av_frames(path, image), _av_fps(image.streams.video[0])
+        header = _header_frames(image)
     with image:
+        _check_request(path, *header, start, count, stride, width, height)
         for i, to_array in enumerate(source):
             total = i + 1
             if i >= start and (i - start) % stride == 0:

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..finite import FiniteWatch
 from ..training import lora as L
-from ..training.tune import _precision
+from ..training.tune import _precision, precision_name
 from ..video_unet import TuneRecord, VideoUNet
 
 logger = logging.getLogger(__name__)
@@ -219,6 +220,8 @@ def _loop(unet, model, clips, contexts, spatial_names, config, device, amp, call
     unet.train()
     spatial_curve = torch.full((config.steps,), float("nan"), device=device)
     temporal_curve = torch.full((config.steps,), float("nan"), device=device)
+    watch = FiniteWatch(config.steps, temporal_params + [p for ps in spatial_params for p in ps],
+                        precision_name(config.mixed_precision, amp), "MotionDirector", device)
     for step in range(config.steps):
         i = step % len(clips)
         x0, ctx = x0s[i], ctxs[i]
@@ -238,12 +241,15 @@ def _loop(unet, model, clips, contexts, spatial_names, config, device, amp, call
             loss_s = F.mse_loss(pred, target[:, :, frame:frame + 1])
             _step(loss_s, spatial_params[i], opt_s[i], config)
             spatial_curve[step] = loss_s.detach()
+            watch.loss(step + 1, spatial_curve[step])
         if temporal_on:
             L.activate(unet, [TEMPORAL] if skip_spatial else [spatial, TEMPORAL], training=[TEMPORAL])
             pred = _forward(unet, x_t, t, ctx, amp)
             loss_t = F.mse_loss(pred, target) + debiased_loss(pred, target, anchor, config.debias_beta)
             _step(loss_t, temporal_params, opt_t, config)
             temporal_curve[step] = loss_t.detach()
+            watch.loss(step + 1, temporal_curve[step])
+        watch.check(step + 1)
         if callback is not None:
             callback(step + 1, config.steps, {"loss": temporal_curve[step] if temporal_on else spatial_curve[step]})
     return spatial_curve.cpu().tolist(), temporal_curve.cpu().tolist()

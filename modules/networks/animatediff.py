@@ -29,12 +29,12 @@ import torch
 from diffusers import UNet2DConditionModel, UNetMotionModel
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 from einops import repeat
-from safetensors.torch import load_file
 from torch import nn
 
 from ..convert.unet import UnsupportedModelError
 from ..files import PICKLE_SUFFIXES
 from ..files.deltas import unet_hash
+from ..files.reader import read_safetensors
 from .base import VideoNetwork, retarget, share_clone, usable_alias
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def read_motion_module(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"motion module {str(path)!r} not found")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        return load_file(str(path))
+        return read_safetensors(path, "motion module")[0]
     if suffix not in PICKLE_SUFFIXES:
         raise ValueError(f"motion module {path.name!r}: unknown file type {suffix!r} (expected .safetensors or "
                          f"{', '.join(PICKLE_SUFFIXES)})")

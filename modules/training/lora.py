@@ -32,11 +32,12 @@ import torch
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from ..files.atomic import atomic_write
+from ..files.reader import read_safetensors
+from ..finite import check_finite_tensors
 from ..networks.animatediff import MOTION_MARKER, original_key
 
 logger = logging.getLogger(__name__)
@@ -242,6 +243,7 @@ def save_lora(lora: LoRAWeights, path: str | os.PathLike, overwrite: bool = Fals
             "rank": str(lora.rank), "alpha": str(lora.alpha),
             "layout": "kohya-diffusers" if lora.kind == "spatial" else "animatediff-motion-lora"}
     tensors = to_file_tensors(lora)
+    check_finite_tensors(tensors, f"{lora.kind} LoRA {Path(path).name}")
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite)
     return meta
 
@@ -251,9 +253,7 @@ def load_lora(path: str | os.PathLike, unet: nn.Module, kind: str) -> LoRAWeight
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"LoRA {path.name!r}: only .safetensors files are read")
-    with safe_open(str(path), "pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, meta = read_safetensors(path, "LoRA")
     base = base_kind(unet)
     layers, alphas = {}, set()
     if kind == "spatial":

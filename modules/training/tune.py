@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..defaults import TAV, TUNE_A_VIDEO_REFERENCE_TRAINABLE
+from ..finite import FiniteWatch
 from ..methods.dreamix import DREAMIX_PRESETS, as_image_batch, check_unit, mix_schedule, trainable_for
 from ..networks.base import own_parameter
 from ..networks.inflate import InflatedUNet
@@ -121,6 +122,12 @@ def _precision(requested: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
+def precision_name(requested: str, amp: torch.dtype | None) -> str:
+    """``mixed_precision`` as requested and as resolved, for messages (``auto -> bf16``)."""
+    resolved = {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[amp]
+    return resolved if requested == resolved else f"{requested} -> {resolved}"
+
+
 def denoising_loss(unet: InflatedUNet, schedule: NoiseSchedule, x0: torch.Tensor, context: torch.Tensor,
                    t: torch.Tensor, noise: torch.Tensor, autocast_dtype: torch.dtype | None = None,
                    temporal: bool = True) -> torch.Tensor:
@@ -208,6 +215,7 @@ def _train_loop(unet, schedule, latents, context, params, config, device, amp, c
     losses = torch.zeros(config.steps, device=device)
     frames_only = mix_schedule(config.steps, config.image_ratio, config.seed).tolist()
     images, image_ctx = as_image_batch(x0, ctx)
+    watch = FiniteWatch(config.steps, params, precision_name(config.mixed_precision, amp), config.method, device)
     for step in range(config.steps):
         xs, cs = (images, image_ctx) if frames_only[step] else (x0, ctx)
         noise = torch.randn(xs.shape, generator=gen, device=device)
@@ -221,6 +229,8 @@ def _train_loop(unet, schedule, latents, context, params, config, device, amp, c
             scaler.step(opt)
             scaler.update()
         losses[step] = loss.detach()
+        watch.loss(step + 1, losses[step])
+        watch.check(step + 1)
         if callback is not None:
             callback(step + 1, config.steps, {"loss": losses[step], "frames_only": frames_only[step]})
     return losses
