@@ -11,9 +11,11 @@ from ..modules.files.atomic import unique_path
 from ..modules.files.plot import loss_curve_image
 from ..modules.methods.motion_director import PATHS, MotionDirectorConfig, record, train
 from ..modules.training import lora as L
+from ..modules.training.memory import check_fits, lora_train_estimate
 from ..modules.training.tune import PRECISIONS
 from . import host
 from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_entries, latent_to_video, parked, video_to_latent
+from .tune import FORCE_MEMORY
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +120,12 @@ class SpatialTemporalLoRATrain:
             "prompt_note": ("STRING", {"default": "", "tooltip": "Prompt text stored in the LoRA files' metadata "
                                                                  "(CONDITIONING carries no text); per-video prompts "
                                                                  "separated by '|'."}),
+            "force_memory": FORCE_MEMORY,
         }}
 
     def run(self, video_unet, latent, positive, frames_per_video, steps, rank, lr_spatial, lr_temporal, seed, paths,
-            gradient_checkpointing, mixed_precision, output_spatial_strength=1.0, prompt_note=""):
+            gradient_checkpointing, mixed_precision, output_spatial_strength=1.0, prompt_note="",
+            force_memory=False):
         config = MotionDirectorConfig(steps=steps, rank=rank, lr_spatial=lr_spatial, lr_temporal=lr_temporal,
                                       seed=seed, paths=paths, gradient_checkpointing=gradient_checkpointing,
                                       mixed_precision=mixed_precision,
@@ -129,7 +133,12 @@ class SpatialTemporalLoRATrain:
         clips = split_clips(latent, frames_per_video, video_unet.latent_scale)
         contexts = video_prompts(positive, len(clips), video_unet)
         host.free_accelerator()
-        result = train(video_unet, clips, contexts, config, device=host.torch_device(),
+        device = host.torch_device()
+        n_spatial = len(clips) if paths != "temporal" else 0
+        est = lora_train_estimate(video_unet.network, [c.shape for c in clips], n_spatial, paths != "spatial", rank,
+                                  gradient_checkpointing, mixed_precision, device)
+        check_fits(est, device, force_memory, "SpatialTemporalLoRATrain")
+        result = train(video_unet, clips, contexts, config, device=device,
                        callback=host.Progress(steps, "SpatialTemporalLoRATrain"),
                        metadata=_metadata(video_unet, prompt_note, clips, config))
         out = video_unet
