@@ -85,7 +85,6 @@ def run(s: Sizes, device: str) -> list[tuple[str, str, float, float, float]]:
                     method="dreamix")
     add("Dreamix finetune (dreamix-attention, mixed)", short, lambda: tune(model, xs, c, dx, device=device), 2 * n,
         300)
-    del tuned, fn, p2p, p2p_fn
     rows += _motion_director(s, device, dtype, ctx_dim)
     rows += _clip(s, device)
     return rows
