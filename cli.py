@@ -169,6 +169,7 @@ def demo(out: Path, device: torch.device) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunevideo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("tune-a-video", help="edit a video with Tune-A-Video")
     e.add_argument("--checkpoint", required=True, type=Path, help="SD1.x/2.x single-file .safetensors")
@@ -224,9 +225,55 @@ def evaluate(args) -> dict:
     return {"report": str(folder), "model": clip.describe(), "methods": summarize(rows)}
 
 
+class UsageError(SystemExit):
+    """A user error: its message is printed as one line and the CLI exits with status 2 (as argparse does)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.code = 2
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, SafetensorError)
+
+
+def _hint(exc: BaseException) -> str:
+    from .modules.convert.text_encoder import TokenizerNotFoundError
+
+    if isinstance(exc, TokenizerNotFoundError):
+        return ""  # the message already says what to pass
+    if isinstance(exc, OSError) and getattr(exc, "filename", None):
+        return " (check the path)"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    """Run one command. User errors print one line on stderr and exit with status 2 (``--debug``: the traceback)."""
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except SystemExit as exc:
+        if args.debug or exc.code is None or isinstance(exc.code, int):
+            raise
+        message = str(exc.code)
+    except (*_user_error_types(),) as exc:
+        if args.debug:
+            raise
+        message = f"{exc}{_hint(exc)}"
+    except Exception as exc:  # a bug, not a user error: still one line, and how to see more
+        if args.debug:
+            raise
+        sys.stderr.write(f"tunevideo: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
+                         f"traceback and report it)\n")
+        raise SystemExit(1) from None
+    sys.stderr.write(f"tunevideo: error: {message.splitlines()[0] if message else 'failed'}\n")
+    raise UsageError(message) from None
+
+
+def _run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     if args.command == "self-check":
         result = self_check()
@@ -236,9 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         result = demo(args.out or unique_path("outputs", "demo"), _device(args.device))
     else:
         if not args.checkpoint.is_file():
-            raise SystemExit(f"--checkpoint {args.checkpoint} not found")
+            raise SystemExit(f"--checkpoint {args.checkpoint} not found; pass the path of an SD1.x/SD2.x "
+                             f".safetensors checkpoint")
         if not args.video.is_file():
-            raise SystemExit(f"--video {args.video} not found")
+            raise SystemExit(f"--video {args.video} not found; pass the path of a video file")
         fields = {k: getattr(args, k) for k in EditSettings.__dataclass_fields__}
         result = run_edit(args.checkpoint, args.video, args.out, EditSettings(**fields), _device(args.device),
                           tokenizer_dir=args.tokenizer)

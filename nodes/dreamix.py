@@ -14,11 +14,12 @@ from ..modules.methods.dreamix import (
     image_to_coarse_video,
     stack_images,
 )
+from ..modules.training.memory import OPTIMIZERS
 from ..modules.training.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns
 from . import host
 from .boundary import VIDEO_UNET, conditioning_entries, latent_to_video, video_to_latent
 from .common import seed_input
-from .tune import run_tuning
+from .tune import FORCE_MEMORY, run_tuning
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +69,22 @@ class DreamixFinetune:
                                                                                    "on CPU."}),
         }, "optional": {
             "prompt_note": ("STRING", {"default": "", "tooltip": "Prompt text, stored in saved weights' metadata."}),
+            "optimizer": (list(OPTIMIZERS), {"default": "adamw",
+                          "tooltip": "adamw: two fp32 moments per trained value (dreamix-full: about 10 GiB for "
+                                     "SD1.5). adafactor (transformers): a factored second moment, a few MB; the "
+                                     "memory-lean choice for dreamix-full."}),
+            "force_memory": FORCE_MEMORY,
         }}
 
     def run(self, video_unet, latent, positive, steps, learning_rate, seed, image_ratio, trainable, custom_patterns,
-            lora_rank, gradient_checkpointing, mixed_precision, prompt_note=""):
+            lora_rank, gradient_checkpointing, mixed_precision, prompt_note="", optimizer="adamw",
+            force_memory=False):
         patterns = parse_patterns(custom_patterns if trainable == "custom" else trainable)
         config = TuneConfig(steps=steps, learning_rate=learning_rate, trainable=patterns, seed=seed,
                             gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,
                             method="dreamix", image_ratio=image_ratio,
-                            lora_rank=lora_rank if trainable == "dreamix-lora" else 0)
-        return run_tuning(video_unet, latent, positive, config, "DreamixFinetune", prompt_note)
+                            lora_rank=lora_rank if trainable == "dreamix-lora" else 0, optimizer=optimizer)
+        return run_tuning(video_unet, latent, positive, config, "DreamixFinetune", prompt_note, force_memory)
 
 
 class DreamixCorruptVideo:

@@ -10,10 +10,12 @@ from ..modules.files.plot import loss_curve_image
 from ..modules.methods import motion_director as md
 from ..modules.methods.motion_director import NOISE_PRIOR, PATHS, MotionDirectorConfig, train
 from ..modules.training import lora as L
+from ..modules.training.memory import check_fits, lora_train_estimate
 from ..modules.training.tune import PRECISIONS
 from . import host
 from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_entries, latent_to_video, parked, video_to_latent
 from .common import save_path, seed_input
+from .tune import FORCE_MEMORY
 
 logger = logging.getLogger(__name__)
 
@@ -106,18 +108,24 @@ class SpatialTemporalLoRATrain:
             "prompt_note": ("STRING", {"default": "", "tooltip": "Prompt text stored in the LoRA files' metadata "
                                                                  "(CONDITIONING carries no text); per-video prompts "
                                                                  "separated by '|'."}),
+            "force_memory": FORCE_MEMORY,
         }}
 
     def run(self, video_unet, latent, positive, frames_per_video, steps, rank, lr_spatial, lr_temporal, seed, paths,
             gradient_checkpointing, mixed_precision, output_spatial_strength=MD.output_spatial_strength,
-            prompt_note=""):
+            prompt_note="", force_memory=False):
         config = MotionDirectorConfig(steps=steps, rank=rank, lr_spatial=lr_spatial, lr_temporal=lr_temporal,
                                       seed=seed, paths=paths, gradient_checkpointing=gradient_checkpointing,
                                       mixed_precision=mixed_precision, output_spatial_strength=output_spatial_strength)
         clips = split_clips(latent, frames_per_video, video_unet.latent_scale)
         contexts = video_prompts(positive, len(clips), video_unet)
         host.free_accelerator()
-        result = train(video_unet, clips, contexts, config, device=host.torch_device(),
+        device = host.torch_device()
+        n_spatial = len(clips) if paths != "temporal" else 0
+        est = lora_train_estimate(video_unet.network, [c.shape for c in clips], n_spatial, paths != "spatial", rank,
+                                  gradient_checkpointing, mixed_precision, device)
+        check_fits(est, device, force_memory, "SpatialTemporalLoRATrain")
+        result = train(video_unet, clips, contexts, config, device=device,
                        callback=host.Progress(steps, "SpatialTemporalLoRATrain"), prompt=prompt_note)
         return (parked(result.video_unet), result.temporal, result.spatial,
                 loss_curve_image(result.spatial_losses, title="spatial loss"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..modules.defaults import TAV
 from ..modules.files.plot import loss_curve_image
+from ..modules.training.memory import GIB, check_fits, tune_estimate
 from ..modules.training.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns, tune
 from . import host
 from .boundary import VIDEO_UNET, conditioning_tensor, latent_to_video, parked
@@ -53,23 +54,34 @@ class OneShotTune:
         }, "optional": {
             "prompt_note": ("STRING", {"default": "", "tooltip": "Source prompt text, stored in saved weights' "
                                                                  "metadata (CONDITIONING carries no text)."}),
+            "force_memory": FORCE_MEMORY,
         }}
 
     def run(self, video_unet, latent, positive, steps, learning_rate, seed, trainable, custom_patterns, batch_size,
-            gradient_checkpointing, mixed_precision, prompt_note=""):
+            gradient_checkpointing, mixed_precision, prompt_note="", force_memory=False):
         patterns = parse_patterns(custom_patterns if trainable == "custom" else trainable)
         config = TuneConfig(steps=steps, learning_rate=learning_rate, batch_size=batch_size, trainable=patterns,
                             seed=seed, gradient_checkpointing=gradient_checkpointing,
                             mixed_precision=mixed_precision)
-        return run_tuning(video_unet, latent, positive, config, "OneShotTune", prompt_note)
+        return run_tuning(video_unet, latent, positive, config, "OneShotTune", prompt_note, force_memory)
 
 
-def run_tuning(video_unet, latent, positive, config: TuneConfig, label: str, prompt_note: str = ""):
-    """The tuning nodes' shared boundary: LATENT + one-prompt CONDITIONING in, the engine's tuning loop with progress
-    and interrupt, the tuned VIDEO_UNET parked off the accelerator, the loss curve as an IMAGE."""
+#: The training nodes' last optional input: start even when the memory estimate says the run does not fit.
+FORCE_MEMORY = ("BOOLEAN", {"default": False, "tooltip": "Start training even when the memory estimate (printed in "
+                                                         "the console and on the loss curve) exceeds the free "
+                                                         "memory. Off: such a run is refused before it starts."})
+
+
+def run_tuning(video_unet, latent, positive, config: TuneConfig, label: str, prompt_note: str = "",
+               force_memory: bool = False):
+    """The tuning nodes' shared boundary: LATENT + one-prompt CONDITIONING in, the memory check, the engine's tuning
+    loop with progress and interrupt, the tuned VIDEO_UNET parked off the accelerator, the loss curve as an IMAGE."""
     latents = latent_to_video(latent, video_unet.latent_scale, "latent")
     context = conditioning_tensor(positive, "positive", video_unet)
     host.free_accelerator()
-    tuned, curve = tune(video_unet, latents, context, config, device=host.torch_device(),
+    device = host.torch_device()
+    est = tune_estimate(video_unet.network, latents.shape, config, device)
+    check_fits(est, device, force_memory, label)
+    tuned, curve = tune(video_unet, latents, context, config, device=device,
                         callback=host.Progress(config.steps, label), prompt=prompt_note)
-    return (parked(tuned), loss_curve_image(curve, title=f"{label} loss"))
+    return (parked(tuned), loss_curve_image(curve, title=f"{label} loss (memory est. {est.total / GIB:.1f} GiB)"))

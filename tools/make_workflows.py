@@ -71,7 +71,8 @@ def tune_a_video_graph():
         8: ("OneShotTune", None,
             {"steps": 500, "learning_rate": 3e-5, "seed": 33, "trainable": "tune-a-video-reference",
              "custom_patterns": "attn1.to_q, attn2.to_q, attn_temp", "batch_size": 1,
-             "gradient_checkpointing": True, "mixed_precision": "auto", "prompt_note": "a man is skiing"},
+             "gradient_checkpointing": True, "mixed_precision": "auto", "prompt_note": "a man is skiing",
+             "force_memory": False},
             {"video_unet": (7, 0), "latent": (3, 0), "positive": (4, 0)}),
         9: ("DDIMInvertVideo", None, {"steps": 50}, {"video_unet": (8, 0), "latent": (3, 0), "conditioning": (5, 0)}),
         10: ("SampleVideo", None, {"steps": 50, "cfg": 12.5, "eta": 0.0, "seed": 33},
@@ -112,7 +113,7 @@ def video_p2p_graph():
             {"steps": VP2P.max_train_steps, "learning_rate": VP2P.learning_rate, "seed": 33,
              "trainable": "tune-a-video-reference", "custom_patterns": "attn1.to_q, attn2.to_q, attn_temp",
              "batch_size": 1, "gradient_checkpointing": True, "mixed_precision": "auto",
-             "prompt_note": VP2P.source_prompt},
+             "prompt_note": VP2P.source_prompt, "force_memory": False},
             {"video_unet": (5, 0), "latent": (3, 0), "positive": (4, 0)}),
         7: ("NullTextInvertVideo", None, {"source_prompt": VP2P.source_prompt, "steps": VP2P.steps, "fast": False},
             {"video_unet": (6, 0), "latent": (3, 0), "clip": (1, 1)}),
@@ -226,7 +227,7 @@ def _md_train(steps, frames_per_video, spatial_strength, note, links):
     return ("SpatialTemporalLoRATrain", None,
             {"frames_per_video": frames_per_video, "steps": steps, "rank": 32, "lr_spatial": 5e-4, "lr_temporal": 5e-4,
              "seed": 0, "paths": "spatial+temporal", "gradient_checkpointing": True, "mixed_precision": "auto",
-             "output_spatial_strength": spatial_strength, "prompt_note": note}, links)
+             "output_spatial_strength": spatial_strength, "prompt_note": note, "force_memory": False}, links)
 
 
 def _md_tail(first, sampler_links, prefix):
@@ -378,8 +379,9 @@ def _dreamix_tail(clip_node, latent_node, frames_node, edit_text, prefix, fps_li
                                           "fine_coarse_pool": 4}, {"model": (1, 0)}),
         8: ("DreamixFinetune", None,
             {"steps": D.max_train_steps, "learning_rate": D.learning_rate, "seed": 33, "image_ratio": D.image_ratio,
-             "trainable": D.trainable, "custom_patterns": "attn1, attn2, attn_temp", "lora_rank": D.lora_rank,
-             "gradient_checkpointing": True, "mixed_precision": "auto", "prompt_note": ""},
+             "trainable": D.workflow_trainable, "custom_patterns": "attn1, attn2, attn_temp",
+             "lora_rank": D.lora_rank, "gradient_checkpointing": True, "mixed_precision": "auto", "prompt_note": "",
+             "optimizer": "adamw", "force_memory": False},
             {"video_unet": (7, 0), "latent": (latent_node, 0), "positive": (clip_node, 0)}),
         9: ("DreamixCorruptVideo", None, {"spatial_downsample": D.spatial_downsample,
                                           "temporal_downsample": D.temporal_downsample}, {"images": (frames_node, 0)}),
@@ -445,9 +447,12 @@ def ei2_graph():
 DREAMIX_NOTE = ("Dreamix (Molad et al., 2023) on an inflated SD1.5 UNet. Put a clip in ComfyUI/input and an SD1.5 "
                 "checkpoint in models/checkpoints. The model is finetuned on the clip as a video and on its frames "
                 "as independent images (image_ratio of the steps, temporal layers off), then the clip is degraded "
-                "(downsampled x4), encoded, noised to strength s and denoised with the edit prompt. Higher strength "
-                "changes more (motion included), lower keeps more of the source. The paper used Imagen-Video and "
-                "gives few numbers: steps, learning rate, ratio and strength are our defaults (README).")
+                "(downsampled x4), encoded, noised to strength s and denoised with the edit prompt. Finetuning "
+                "trains every attention projection (dreamix-attention, about 5 GiB at 8 frames 512x512); the paper's "
+                "whole-model preset dreamix-full needs about 15 GiB with AdamW, 10 GiB with adafactor. Higher "
+                "strength changes more (motion included), lower keeps more of the source. The paper used "
+                "Imagen-Video and gives few numbers: steps, learning rate, ratio and strength are our defaults "
+                "(README).")
 I2V_NOTE = ("Dreamix image-to-video (Sec. 4.2): the image becomes a coarse video (replication + zoom/pan/"
             "perspective), the model is finetuned on it (video + frames), and the degraded coarse video is "
             "re-synthesised with the animation prompt. Subject-driven generation: Stack Subject Images -> VAE Encode "

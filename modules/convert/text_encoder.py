@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from .clip_vocab import installed_bpe_vocabulary, write_clip_tokenizer
 from .state_dict import assign_weights, check_no_meta, describe_keys, strip_prefix
 from .unet import UnsupportedModelError
 
@@ -211,7 +212,8 @@ def load_tokenizer(tokenizer_dir: str | os.PathLike | None = None, kind: str = "
     """The CLIP BPE tokenizer, from local files only.
 
     Order: the built-in byte tokenizer for tiny models; ``tokenizer_dir``; ``$COMFYUI_PATH/comfy/sd1_tokenizer``
-    (SD1 and SD2 share that vocabulary). Raises :class:`TokenizerNotFoundError` saying how to provide one.
+    (SD1 and SD2 share that vocabulary); an installed copy of CLIP's BPE file (open_clip's,
+    :mod:`.clip_vocab`). Raises :class:`TokenizerNotFoundError` saying how to provide one.
     """
     if tiny:
         if tokenizer_dir is not None:
@@ -230,7 +232,13 @@ def load_tokenizer(tokenizer_dir: str | os.PathLike | None = None, kind: str = "
             return _from_folder(folder, kind)
         raise TokenizerNotFoundError(f"COMFYUI_PATH is set but {folder} has no vocab.json + merges.txt; "
                                      f"{_HOW_TO_TOKENIZER}")
-    raise TokenizerNotFoundError(f"no CLIP tokenizer available offline: {_HOW_TO_TOKENIZER}")
+    installed = installed_bpe_vocabulary()
+    if installed is not None:  # e.g. open_clip's copy: no ComfyUI checkout needed
+        logger.info("tokenizer: the CLIP BPE vocabulary installed at %s", installed)
+        with tempfile.TemporaryDirectory(prefix="tunevideo-tok-") as tmp:
+            return _from_folder(write_clip_tokenizer(installed, tmp), kind)
+    raise TokenizerNotFoundError(f"no CLIP tokenizer available offline (no installed package ships the CLIP BPE "
+                                 f"vocabulary; `pip install open_clip_torch` provides one): {_HOW_TO_TOKENIZER}")
 
 
 def check_tokenizer_fits(tokenizer: Any, text_encoder: CLIPTextModel, path: Path) -> None:

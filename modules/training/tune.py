@@ -36,6 +36,7 @@ from ..networks.inflate import InflatedUNet
 from ..sampling.schedule import NoiseSchedule
 from ..video_unet import TuneRecord, VideoUNet
 from .lora import add_lora, merged_weights
+from .memory import OPTIMIZERS, make_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class TuneConfig:
     method: str = "tune-a-video"
     image_ratio: float = 0.0  # Dreamix: probability that a step is a frame batch (temporal layers bypassed)
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the trainable linear layers, merged at the end
+    optimizer: str = "adamw"  # or "adafactor" (transformers; factored state, see .memory)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -79,6 +81,8 @@ class TuneConfig:
         check_unit(self.image_ratio, "image_ratio")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank={self.lora_rank} must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
 
 
 def parse_patterns(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -205,8 +209,8 @@ def _train_loop(unet, schedule, latents, context, params, config, device, amp, c
     ctx = context.detach().to(device=device, dtype=torch.float32).clone()
     x0 = x0.expand(config.batch_size, -1, -1, -1, -1)
     ctx = ctx.expand(config.batch_size, -1, -1)
-    opt = torch.optim.AdamW(params, lr=config.learning_rate, betas=config.adam_betas,
-                            weight_decay=config.weight_decay, eps=config.adam_epsilon)
+    opt = make_optimizer(params, config.optimizer, config.learning_rate, config.adam_betas, config.weight_decay,
+                         config.adam_epsilon)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     if config.gradient_checkpointing:
