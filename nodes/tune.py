@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from ..modules.defaults import TAV
 from ..modules.files.plot import loss_curve_image
-from ..modules.training.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns, tune
+from ..modules.methods.dreamix import DREAMIX_PRESETS
+from ..modules.methods.tune_a_video import TUNE_A_VIDEO_PRESETS, tune_a_video
+from ..modules.training.tune import PRECISIONS, TuneConfig, parse_patterns
 from . import host
 from .boundary import VIDEO_UNET, conditioning_tensor, latent_to_video, parked
+
+#: The trainable presets both tuning nodes offer (Tune-A-Video's, then Dreamix's).
+PRESETS = {**TUNE_A_VIDEO_PRESETS, **DREAMIX_PRESETS}
 
 
 class OneShotTune:
@@ -57,19 +62,21 @@ class OneShotTune:
 
     def run(self, video_unet, latent, positive, steps, learning_rate, seed, trainable, custom_patterns, batch_size,
             gradient_checkpointing, mixed_precision, prompt_note=""):
-        patterns = parse_patterns(custom_patterns if trainable == "custom" else trainable)
+        patterns = parse_patterns(custom_patterns if trainable == "custom" else trainable, PRESETS)
         config = TuneConfig(steps=steps, learning_rate=learning_rate, batch_size=batch_size, trainable=patterns,
                             seed=seed, gradient_checkpointing=gradient_checkpointing,
                             mixed_precision=mixed_precision)
-        return run_tuning(video_unet, latent, positive, config, "OneShotTune", prompt_note)
+        return run_tuning(video_unet, latent, positive, config, "OneShotTune", prompt_note, tune_a_video)
 
 
-def run_tuning(video_unet, latent, positive, config: TuneConfig, label: str, prompt_note: str = ""):
-    """The tuning nodes' shared boundary: LATENT + one-prompt CONDITIONING in, the engine's tuning loop with progress
-    and interrupt, the tuned VIDEO_UNET parked off the accelerator, the loss curve as an IMAGE."""
+def run_tuning(video_unet, latent, positive, config: TuneConfig, label: str, prompt_note: str = "",
+               method=tune_a_video):
+    """The tuning nodes' shared boundary: LATENT + one-prompt CONDITIONING in, the method's tuning entry point
+    (``method(video_unet, latents, context, config, callback, device, prompt)``) with progress and interrupt, the
+    tuned VIDEO_UNET parked off the accelerator, the loss curve as an IMAGE."""
     latents = latent_to_video(latent, video_unet.latent_scale, "latent")
     context = conditioning_tensor(positive, "positive", video_unet)
     host.free_accelerator()
-    tuned, curve = tune(video_unet, latents, context, config, device=host.torch_device(),
-                        callback=host.Progress(config.steps, label), prompt=prompt_note)
+    tuned, curve = method(video_unet, latents, context, config, callback=host.Progress(config.steps, label),
+                          device=host.torch_device(), prompt=prompt_note)
     return (parked(tuned), loss_curve_image(curve, title=f"{label} loss"))
