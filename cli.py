@@ -31,9 +31,10 @@ from .modules.defaults import TAV
 from .modules.files.atomic import atomic_write, unique_path
 from .modules.files.deltas import save_delta
 from .modules.files.plot import loss_curve_image
+from .modules.methods.tune_a_video import tune_a_video
 from .modules.networks.inflate import inflate_unet
 from .modules.sampling.ddim import ddim_invert, sample
-from .modules.training.tune import PRECISIONS, TuneConfig, tune
+from .modules.training.tune import PRECISIONS, TuneConfig
 
 logger = logging.getLogger("tunevideo")
 ROOT = Path(__file__).resolve().parent
@@ -100,8 +101,8 @@ def run_edit(checkpoint: Path, video: Path, out: Path, s: EditSettings, device: 
                 comp.prediction_type, frames.shape[0], s.width, s.height, time.perf_counter() - t0)
     config = TuneConfig(steps=s.tune_steps, learning_rate=s.learning_rate, seed=s.seed,
                         mixed_precision=s.precision)
-    tuned, curve = tune(base, latents, src, config, device=device, callback=_progress("tune"),
-                        prompt=s.source_prompt)
+    tuned, curve = tune_a_video(base, latents, src, config, callback=_progress("tune"), device=device,
+                                prompt=s.source_prompt)
     fn = tuned.model_fn(device)
     x_t = ddim_invert(fn, schedule, latents.to(device), empty, s.inversion_steps, callback=_progress("invert"))
     gen = torch.Generator().manual_seed(s.seed)

@@ -29,9 +29,10 @@ def _rate(flops: int, sec: float, device: str) -> str:
 
 def shift(a) -> None:
     from tunevideo.modules.methods.ei2 import covariate_shift
+    from tunevideo.modules.methods.tune_a_video import tune_a_video
     from tunevideo.modules.networks.inflate import inflate_unet
     from tunevideo.modules.sampling.schedule import NoiseSchedule
-    from tunevideo.modules.training.tune import TuneConfig, tune
+    from tunevideo.modules.training.tune import TuneConfig
     from tunevideo.modules.video_unet import VideoUNet
     from tunevideo.tiny import TINY_UNET_CONFIG, tiny_unet2d
 
@@ -54,7 +55,7 @@ def shift(a) -> None:
             model = VideoUNet(inflate_unet(unet2d, temporal=temporal), NoiseSchedule.scaled_linear())
             config = TuneConfig(steps=a.steps, learning_rate=a.lr, seed=0, trainable=trainable,
                                 gradient_checkpointing=False)
-            tuned, curve = tune(model, clip, ctx, config)
+            tuned, curve = tune_a_video(model, clip, ctx, config)
             r = covariate_shift(model.network, tuned.network, probe_x, probe_t, probe_c)
             print(f"{temporal:<14} {'+'.join(trainable):<22} {sum(curve[-10:]) / 10:>10.4f} "
                   f"{r['mean_shift']:>9.5f} {r['mean_shift_max']:>9.5f} {r['var_shift']:>11.5f} "

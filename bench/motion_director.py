@@ -25,7 +25,7 @@ from tunevideo.modules.methods.motion_director import MotionDirectorConfig, debi
 from tunevideo.modules.networks.animatediff import build_motion_unet
 from tunevideo.modules.sampling.schedule import NoiseSchedule
 from tunevideo.modules.training import lora as L
-from tunevideo.modules.training.tune import _precision
+from tunevideo.modules.training.tune import autocast_dtype
 
 H100_BF16_DENSE = 989e12  # NVIDIA H100 SXM, dense bf16 tensor-core peak
 STEPS, BUDGET_S = 300, 40
@@ -110,7 +110,7 @@ def main() -> None:
               f"H100 dense bf16 peak")
         return
     dev = torch.device(a.device)
-    amp = _precision(a.precision, dev)
+    amp = autocast_dtype(a.precision, dev)
     unet, ctx_dim = build(a.size, a.device, amp or torch.float32, a.rank)
     x0 = torch.randn(1, 4, a.frames, a.height // 8, a.width // 8, device=dev)
     ctx = torch.randn(1, 77, ctx_dim, device=dev)

@@ -15,16 +15,10 @@ from __future__ import annotations
 
 import torch
 from common import bench_parser, build_video_model, count_flops, describe, peak_memory_gib, reset_peak, timed
+from tunevideo.modules.methods.tune_a_video import TUNE_A_VIDEO_PRESETS as PRESETS
 from tunevideo.modules.networks.inflate import inflate_unet
 from tunevideo.modules.sampling.ddim import guided_output
-from tunevideo.modules.training.tune import (
-    PRESETS,
-    TuneConfig,
-    _precision,
-    _prepare_unet,
-    denoising_loss,
-    select_trainable,
-)
+from tunevideo.modules.training.tune import TuneConfig, autocast_dtype, denoising_loss, prepare_unet, select_trainable
 
 H100_BF16_DENSE = 989e12  # NVIDIA H100 SXM, dense bf16 tensor-core peak
 
@@ -43,7 +37,7 @@ def main() -> None:
     if a.flops_only:
         return flops_only(a)
     dev = torch.device(a.device)
-    amp = _precision(a.precision, dev)
+    amp = autocast_dtype(a.precision, dev)
     weights = amp or torch.float32  # frozen weights stored in the autocast dtype on GPU, like a ComfyUI fp16 model
     model, ctx_dim = build_video_model(a.size, a.device, weights)
     x0 = torch.randn(1, 4, a.frames, a.height // 8, a.width // 8, device=dev)
@@ -56,8 +50,7 @@ def main() -> None:
     names = select_trainable(model.network, PRESETS[a.trainable])
     results = {}
     with torch.enable_grad():
-        unet = _prepare_unet(model, names, dev, amp)
-        params = [p for n, p in unet.named_parameters() if n in set(names)]
+        unet, params = prepare_unet(model, names, dev, amp)
         opt = torch.optim.AdamW(params, lr=cfg.learning_rate)
         if not a.no_checkpointing:
             unet.enable_gradient_checkpointing()

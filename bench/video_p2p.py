@@ -73,11 +73,12 @@ def main() -> None:
 
 
 def _project(a, flops_null, flops_edit) -> None:
-    from tunevideo.modules.training.tune import PRESETS, select_trainable
+    from tunevideo.modules.methods.tune_a_video import TUNE_A_VIDEO_PRESETS
+    from tunevideo.modules.training.tune import select_trainable
 
     model, ctx_dim = build_video_model(a.size, "meta", torch.float32)
     unet = model.network.with_attention("video-p2p")
-    names = set(select_trainable(unet, PRESETS["tune-a-video-reference"]))
+    names = set(select_trainable(unet, TUNE_A_VIDEO_PRESETS["tune-a-video-reference"]))
     for n, p in unet.named_parameters():
         p.requires_grad_(n in names)
     with torch.device("meta"):

@@ -8,14 +8,6 @@ SD_LATENT_SCALE = 0.18215  # SD1.x/2.x VAE latent scale (LDM configs: model.para
 
 TUNE_A_VIDEO_TRAINABLE = ("attn1.to_q", "attn2.to_q", "attn_temp")  # Tune-A-Video, configs/*.yaml trainable_modules
 
-#: What the reference code effectively trains: the same modules, but only in the mid and up blocks. It trains with
-#: gradient checkpointing on torch 1.12, whose checkpoint is re-entrant: a checkpointed down block fed only by frozen
-#: layers gives its parameters no gradient, so no down-block tensor ever learns (the mid block is not checkpointed and
-#: every up block takes the mid block's output). Measured on the reference UNet3DConditionModel:
-#: tests/fixtures/tav_reference/trainable_grads.json.
-TUNE_A_VIDEO_REFERENCE_TRAINABLE = tuple(f"{blocks}.*{m}" for blocks in ("mid_block", "up_blocks")
-                                         for m in TUNE_A_VIDEO_TRAINABLE)
-
 
 @dataclass(frozen=True)
 class TuneAVideoDefaults:

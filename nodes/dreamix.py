@@ -9,17 +9,19 @@ import torch
 from ..modules.defaults import DREAMIX
 from ..modules.methods.dreamix import (
     CAMERA_MOTIONS,
+    DreamixConfig,
     corrupt_frames,
     corrupted_sample,
+    dreamix_finetune,
     image_to_coarse_video,
     stack_images,
 )
 from ..modules.training.memory import OPTIMIZERS
-from ..modules.training.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns
+from ..modules.training.tune import PRECISIONS, parse_patterns
 from . import host
 from .boundary import VIDEO_UNET, conditioning_entries, latent_to_video, video_to_latent
 from .common import seed_input
-from .tune import FORCE_MEMORY, run_tuning
+from .tune import FORCE_MEMORY, PRESETS, run_tuning
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +81,13 @@ class DreamixFinetune:
     def run(self, video_unet, latent, positive, steps, learning_rate, seed, image_ratio, trainable, custom_patterns,
             lora_rank, gradient_checkpointing, mixed_precision, prompt_note="", optimizer="adamw",
             force_memory=False):
-        patterns = parse_patterns(custom_patterns if trainable == "custom" else trainable)
-        config = TuneConfig(steps=steps, learning_rate=learning_rate, trainable=patterns, seed=seed,
-                            gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,
-                            method="dreamix", image_ratio=image_ratio,
-                            lora_rank=lora_rank if trainable == "dreamix-lora" else 0, optimizer=optimizer)
-        return run_tuning(video_unet, latent, positive, config, "DreamixFinetune", prompt_note, force_memory)
+        patterns = parse_patterns(custom_patterns if trainable == "custom" else trainable, PRESETS)
+        config = DreamixConfig(steps=steps, learning_rate=learning_rate, trainable=patterns, seed=seed,
+                               gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,
+                               method="dreamix", image_ratio=image_ratio,
+                               lora_rank=lora_rank if trainable == "dreamix-lora" else 0, optimizer=optimizer)
+        return run_tuning(video_unet, latent, positive, config, "DreamixFinetune", prompt_note, force_memory,
+                          dreamix_finetune)
 
 
 class DreamixCorruptVideo:

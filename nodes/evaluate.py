@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..modules.evaluation.clip_eval import video_chart
+from ..modules.evaluation.charts import video_chart
 from ..modules.evaluation.clip_files import load_clip_model
 from ..modules.evaluation.clip_score import CLIP_EVAL, resize_crop, score_video, truncation_note
 from . import host

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from ..modules.defaults import TAV
 from ..modules.files.plot import loss_curve_image
+from ..modules.methods.dreamix import DREAMIX_PRESETS
+from ..modules.methods.tune_a_video import TUNE_A_VIDEO_PRESETS, tune_a_video
 from ..modules.training.memory import GIB, check_fits, tune_estimate
-from ..modules.training.tune import PRECISIONS, PRESETS, TuneConfig, parse_patterns, tune
+from ..modules.training.tune import PRECISIONS, TuneConfig, parse_patterns
 from . import host
 from .boundary import VIDEO_UNET, conditioning_tensor, latent_to_video, parked
 from .common import seed_input
+
+#: The trainable presets both tuning nodes offer (Tune-A-Video's, then Dreamix's).
+PRESETS = {**TUNE_A_VIDEO_PRESETS, **DREAMIX_PRESETS}
 
 
 class OneShotTune:
@@ -59,7 +64,7 @@ class OneShotTune:
 
     def run(self, video_unet, latent, positive, steps, learning_rate, seed, trainable, custom_patterns, batch_size,
             gradient_checkpointing, mixed_precision, prompt_note="", force_memory=False):
-        patterns = parse_patterns(custom_patterns if trainable == "custom" else trainable)
+        patterns = parse_patterns(custom_patterns if trainable == "custom" else trainable, PRESETS)
         config = TuneConfig(steps=steps, learning_rate=learning_rate, batch_size=batch_size, trainable=patterns,
                             seed=seed, gradient_checkpointing=gradient_checkpointing,
                             mixed_precision=mixed_precision)
@@ -73,15 +78,16 @@ FORCE_MEMORY = ("BOOLEAN", {"default": False, "tooltip": "Start training even wh
 
 
 def run_tuning(video_unet, latent, positive, config: TuneConfig, label: str, prompt_note: str = "",
-               force_memory: bool = False):
-    """The tuning nodes' shared boundary: LATENT + one-prompt CONDITIONING in, the memory check, the engine's tuning
-    loop with progress and interrupt, the tuned VIDEO_UNET parked off the accelerator, the loss curve as an IMAGE."""
+               force_memory: bool = False, method=tune_a_video):
+    """The tuning nodes' shared boundary: LATENT + one-prompt CONDITIONING in, the memory check, the method's tuning
+    entry point (``method(video_unet, latents, context, config, callback, device, prompt)``) with progress and
+    interrupt, the tuned VIDEO_UNET parked off the accelerator, the loss curve as an IMAGE."""
     latents = latent_to_video(latent, video_unet.latent_scale, "latent")
     context = conditioning_tensor(positive, "positive", video_unet)
     host.free_accelerator()
     device = host.torch_device()
     est = tune_estimate(video_unet.network, latents.shape, config, device)
     check_fits(est, device, force_memory, label)
-    tuned, curve = tune(video_unet, latents, context, config, device=device,
-                        callback=host.Progress(config.steps, label), prompt=prompt_note)
+    tuned, curve = method(video_unet, latents, context, config, callback=host.Progress(config.steps, label),
+                          device=device, prompt=prompt_note)
     return (parked(tuned), loss_curve_image(curve, title=f"{label} loss (memory est. {est.total / GIB:.1f} GiB)"))

@@ -12,7 +12,8 @@ import torch
 from clip_helpers import smooth_frames, write_clip_folder, write_vision_only_file
 from PIL import Image
 from tunevideo import cli
-from tunevideo.modules.evaluation.clip_eval import load_manifest, read_frames, video_chart
+from tunevideo.modules.evaluation.charts import video_chart
+from tunevideo.modules.evaluation.clip_eval import load_manifest, read_frames
 from tunevideo.modules.evaluation.clip_files import load_clip_model
 from tunevideo.modules.evaluation.clip_score import CLIP_MEAN, CLIP_STD, score_video
 from tunevideo.modules.files.video_io import write_video

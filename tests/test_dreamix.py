@@ -6,9 +6,12 @@ import pytest
 import torch
 from conftest import CTX_DIM
 from tunevideo.modules.methods.dreamix import (
+    DREAMIX_PRESETS,
+    DreamixConfig,
     as_image_batch,
     corrupt_frames,
     corrupted_sample,
+    dreamix_finetune,
     image_to_coarse_video,
     mix_schedule,
     stack_images,
@@ -16,7 +19,6 @@ from tunevideo.modules.methods.dreamix import (
 )
 from tunevideo.modules.networks.inflate import VideoTransformerBlock, inflate_unet
 from tunevideo.modules.sampling.ddim import sample
-from tunevideo.modules.training.tune import TuneConfig, parse_patterns, tune
 
 FAST = {"gradient_checkpointing": False, "learning_rate": 1e-3, "seed": 0}
 
@@ -51,7 +53,8 @@ def test_frame_batch_with_temporal_bypassed_equals_the_2d_unet(tiny_unet2d, temp
 
 def test_temporal_weights_stay_bit_identical_through_frame_batches(tiny_video_model):
     x, c = _clip(f=2, size=8)
-    tuned, curve = tune(tiny_video_model, x, c, TuneConfig(steps=2, trainable=("*",), image_ratio=1.0, **FAST))
+    tuned, curve = dreamix_finetune(tiny_video_model, x, c,
+                                    DreamixConfig(steps=2, trainable=("*",), image_ratio=1.0, **FAST))
     before, after = tiny_video_model.network.state_dict(), tuned.network.state_dict()
     temporal = set(tiny_video_model.network.temporal_parameters())
     assert all(torch.equal(before[k], after[k]) for k in temporal)
@@ -67,8 +70,8 @@ def test_mix_ratio_is_respected_and_drives_the_loop(tiny_video_model):
     assert not torch.equal(mix_schedule(64, 0.5, 1), mix_schedule(64, 0.5, 2))
     seen = []
     x, c = _clip(f=2, size=8)
-    config = TuneConfig(steps=4, trainable=("attn_temp",), image_ratio=0.5, **FAST)
-    tune(tiny_video_model, x, c, config, callback=lambda s, n, info: seen.append(info["frames_only"]))
+    config = DreamixConfig(steps=4, trainable=("attn_temp",), image_ratio=0.5, **FAST)
+    dreamix_finetune(tiny_video_model, x, c, config, callback=lambda s, n, info: seen.append(info["frames_only"]))
     assert seen == mix_schedule(4, 0.5, 0).tolist() and True in seen and False in seen
 
 
@@ -154,7 +157,7 @@ def test_camera_motions_turn_one_image_into_a_coarse_video():
 
 def test_bad_inputs_name_what_is_wrong():
     with pytest.raises(ValueError, match="image_ratio=1.5"):
-        TuneConfig(image_ratio=1.5)
+        DreamixConfig(image_ratio=1.5)
     with pytest.raises(ValueError, match="image_ratio=-0.2"):
         mix_schedule(4, -0.2, 0)
     with pytest.raises(ValueError, match=r"images mixes image sizes \(16x16, 16x24"):
@@ -164,8 +167,8 @@ def test_bad_inputs_name_what_is_wrong():
 
 def test_lora_preset_merges_into_attention_projections_only(tiny_video_model):
     x, c = _clip(f=2, size=8)
-    config = TuneConfig(steps=2, trainable=("attn2.to_q", "attn2.to_v"), lora_rank=2, image_ratio=0.5, **FAST)
-    tuned, _ = tune(tiny_video_model, x, c, config)
+    config = DreamixConfig(steps=2, trainable=("attn2.to_q", "attn2.to_v"), lora_rank=2, image_ratio=0.5, **FAST)
+    tuned, _ = dreamix_finetune(tiny_video_model, x, c, config)
     before, after = tiny_video_model.network.state_dict(), tuned.network.state_dict()
     assert before.keys() == after.keys()  # merged: no adapter tensors remain
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -219,11 +222,12 @@ def test_dreamix_on_the_animatediff_base():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert (video[0, :, 0] - got[0]).abs().max() > 1e-3  # with the motion modules the output differs
     motion = {k: v.clone() for k, v in model.network.temporal_parameters().items()}
-    tuned, _ = tune(model, x, c, TuneConfig(steps=2, trainable=("*",), image_ratio=1.0, **FAST))
+    tuned, _ = dreamix_finetune(model, x, c, DreamixConfig(steps=2, trainable=("*",), image_ratio=1.0, **FAST))
     params = dict(tuned.network.named_parameters())
     assert all(torch.equal(params[k], v) for k, v in motion.items())
     assert not torch.equal(params["conv_in.weight"], model.network.conv_in.weight)
     # the attention preset (written for the inflated UNet's attn_temp) selects the motion modules' attentions here
-    tuned, _ = tune(model, x, c, TuneConfig(steps=1, trainable=parse_patterns("dreamix-attention"), **FAST))
+    config = DreamixConfig(steps=1, trainable=DREAMIX_PRESETS["dreamix-attention"], image_ratio=0.0, **FAST)
+    tuned, _ = dreamix_finetune(model, x, c, config)
     changed = {k for k, p in tuned.network.named_parameters() if not torch.equal(p, model.network.get_parameter(k))}
     assert any(".motion_modules." in k and ".attn2." in k for k in changed)

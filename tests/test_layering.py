@@ -23,7 +23,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_engine_never_imports_comfyui():
-    offenders = {p.name: _imports(p) & HOST_MODULES for p in (ROOT / "modules").glob("*.py")}
+    offenders = {_rel(p): _imports(p) & HOST_MODULES for p in (ROOT / "modules").rglob("*.py")}
     assert not {k: v for k, v in offenders.items() if v}
 
 
@@ -45,3 +45,149 @@ def test_pack_imports_without_comfyui_under_any_folder_name(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "InflateUNetTemporal" in out.stdout and "SampleVideo" in out.stdout
+
+
+# ------------------------------------------------------------------------------------- the engine's import graph
+ENGINE = ROOT / "modules"
+#: Packages every method builds on: they never import a method or the evaluation (nor, like all of modules/, a face).
+SHARED_PACKAGES = ("files", "convert", "sampling", "networks", "training")
+FACES = (ROOT / "nodes", ROOT / "cli.py", ROOT / "tiny.py", ROOT / "__init__.py")
+MAX_ENGINE_LINES = 350
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def _module_file(base: Path) -> Path | None:
+    """The file a dotted module path names: ``base.py`` or the package ``base/__init__.py``."""
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _relative_imports(path: Path) -> list[tuple[int, Path, str]]:
+    """``(line, imported file, imported name)`` for every relative import in ``path`` (also inside functions):
+    ``from .a.b import c`` gives the file of ``a/b/c.py`` if ``c`` is a submodule, else that of ``a/b``."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.ImportFrom) or node.level == 0:
+            continue
+        base = path.parent
+        for _ in range(node.level - 1):
+            base = base.parent
+        if node.module:
+            base = base.joinpath(*node.module.split("."))
+        for alias in node.names:
+            target = _module_file(base / alias.name) or _module_file(base)
+            if target is not None:
+                out.append((node.lineno, target.resolve(), alias.name))
+    return out
+
+
+def _engine_files() -> list[Path]:
+    return sorted(p.resolve() for p in ENGINE.rglob("*.py"))
+
+
+def _engine_graph() -> dict[Path, set[Path]]:
+    files = set(_engine_files())
+    return {f: {t for _, t, _ in _relative_imports(f) if t in files and t != f} for f in files}
+
+
+def _cycles(graph: dict[Path, set[Path]]) -> list[list[Path]]:
+    """One cycle (``[a, b, ..., a]``) per strongly connected component with more than one file (Tarjan)."""
+    index, low, stack, on_stack, comps = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                comps.append(comp)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    cycles = []
+    for comp in comps:  # shortest way back to the start inside the component (breadth first)
+        start = min(comp)
+        paths, seen, found = {start: [start]}, {start}, None
+        queue = [start]
+        while queue and found is None:
+            v = queue.pop(0)
+            for w in sorted(graph[v] & comp):
+                if w == start:
+                    found = paths[v] + [start]
+                    break
+                if w not in seen:
+                    seen.add(w)
+                    paths[w] = paths[v] + [w]
+                    queue.append(w)
+        cycles.append(found)
+    return cycles
+
+
+def test_no_import_circles_among_engine_files():
+    cycles = _cycles(_engine_graph())
+    assert not cycles, "import circles in modules/:\n" + "\n".join(" -> ".join(_rel(p) for p in c) for c in cycles)
+
+
+def _is_shared(path: Path) -> bool:
+    parts = path.relative_to(ENGINE.resolve()).parts
+    return len(parts) == 1 or parts[0] in SHARED_PACKAGES
+
+
+def test_shared_packages_never_import_methods_or_evaluation():
+    banned = [ENGINE.resolve() / "methods", ENGINE.resolve() / "evaluation"]
+    offenders = [f"{_rel(f)}:{line} imports {_rel(t)}" for f in _engine_files() if _is_shared(f)
+                 for line, t, _ in _relative_imports(f) if any(t.is_relative_to(b) for b in banned)]
+    assert not offenders, "a shared engine package imports a method or the evaluation:\n" + "\n".join(offenders)
+
+
+def test_engine_never_imports_the_faces():
+    faces = [p.resolve() for p in FACES]
+    offenders = [f"{_rel(f)}:{line} imports {_rel(t)}" for f in _engine_files()
+                 for line, t, _ in _relative_imports(f) if any(t == p or t.is_relative_to(p) for p in faces)]
+    assert not offenders, "modules/ imports a face (nodes/, cli.py, tiny.py):\n" + "\n".join(offenders)
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_no_private_name_is_imported_across_files():
+    offenders = []
+    for path in sorted([*ENGINE.rglob("*.py"), *(ROOT / "nodes").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                module = "." * node.level + (node.module or "")
+                names = [a.name for a in node.names] + (node.module or "").split(".")
+            elif isinstance(node, ast.Import):
+                module, names = "", [part for a in node.names for part in a.name.split(".")]
+            else:
+                continue
+            offenders += [f"{_rel(path)}:{node.lineno} imports {name} (from {module or name})"
+                          for name in names if _private(name)]
+    assert not offenders, "private names imported across files (make them public or move them):\n" + \
+        "\n".join(offenders)
+
+
+def test_no_engine_file_over_the_line_limit():
+    long = {_rel(p): n for p in _engine_files() if (n := len(p.read_text().splitlines())) > MAX_ENGINE_LINES}
+    assert not long, f"engine files over {MAX_ENGINE_LINES} lines (split them): {long}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import CTX_DIM
+from tunevideo.modules.methods.tune_a_video import TUNE_A_VIDEO_PRESETS
 from tunevideo.modules.training.tune import TuneConfig, denoising_loss, parse_patterns, select_trainable, tune
 
 FAST = dict(steps=12, learning_rate=1e-3, seed=0, gradient_checkpointing=False)
@@ -79,7 +80,7 @@ def test_interrupt_mid_tune_leaves_input_intact(tiny_video_model):
 
 
 def test_custom_patterns_and_errors(tiny_video_model):
-    assert parse_patterns("tune-a-video") == ("attn1.to_q", "attn2.to_q", "attn_temp")
+    assert parse_patterns("tune-a-video", TUNE_A_VIDEO_PRESETS) == ("attn1.to_q", "attn2.to_q", "attn_temp")
     assert parse_patterns("attn_temp,\n norm_temp") == ("attn_temp", "norm_temp")
     names = select_trainable(tiny_video_model.network, ["mid_block.*.attn_temp"])
     assert names and all(n.startswith("mid_block.") and ".attn_temp." in n for n in names)

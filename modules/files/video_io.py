@@ -26,7 +26,8 @@ from PIL import Image
 
 from .atomic import atomic_write, unique_path
 
-__all__ = ["probe_video", "read_video", "resize_center_crop", "write_video", "contact_sheet", "unique_path"]
+__all__ = ["probe_video", "read_video", "iter_frames", "resize_center_crop", "write_video", "contact_sheet",
+           "unique_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,35 @@ def _check_request(path: Path, frames: int, exact: bool, start: int, count: int,
         raise ValueError(f"{path.name}: {n} frames at {width}x{height} need about {need / 2**30:.1f} GiB of memory "
                          f"({n} x {height} x {width} x 3 float32, twice while joined) but {free / 2**30:.1f} GiB "
                          f"are free; load fewer frames (frame_count, stride) or a smaller size")
+
+
+def iter_frames(path, start: int = 0, stride: int = 1, count: int = 0,
+                pillow_suffixes: tuple[str, ...] = _PIL_READ) -> Iterator[np.ndarray]:
+    """Frames ``start, start + stride, ...`` (``count`` of them; 0: all) of a video file at their own size, upright
+    ``[H, W, 3]`` uint8, decoded lazily: only the picked frames are converted, decoding stops after the last one and
+    the file is closed when the iteration ends or the iterator is closed. Files whose suffix (lower case) is in
+    ``pillow_suffixes`` are read with Pillow (animated images; FFmpeg cannot decode animated WebP), others with PyAV.
+    An unreadable file raises ValueError naming it."""
+    if start < 0 or stride < 1:
+        raise ValueError(f"start={start} must be >= 0 and stride={stride} >= 1")
+    path = Path(path)
+    if path.suffix.lower() in pillow_suffixes:
+        opened = _open_pil(path)
+        source = _pil_frames(path, opened, [])
+    else:
+        opened = _open_av(path)
+        source = _av_frames(path, opened)
+    picked = 0
+    try:
+        for i, to_array in enumerate(source):
+            if i >= start and (i - start) % stride == 0:
+                yield to_array()
+                picked += 1
+                if count and picked == count:
+                    break
+    finally:
+        source.close()
+        opened.close()
 
 
 def resize_center_crop(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:

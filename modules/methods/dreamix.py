@@ -8,7 +8,8 @@ Dreamix (Molad et al., "Dreamix: Video Diffusion Models are General Video Editor
   batch, drawn with probability ``image_ratio`` from a seeded generator (:func:`mix_schedule`); a frame batch puts
   the frames in the batch dimension (``f = 1``) and bypasses every temporal layer (:func:`as_image_batch`,
   ``InflatedUNet.forward(..., temporal=False)``), so temporal weights get no gradient and AdamW leaves them untouched.
-  The loop is the pack's one tuning loop (:func:`~.tune.tune` with ``TuneConfig.image_ratio``).
+  The loop is the pack's one tuning loop (:func:`~..training.tune.tune`), driven by :func:`dreamix_finetune` with
+  :func:`mixed_batches` as its per-step batch policy.
 - Sec. 3.1, *inference from a degraded video*: the source is downsampled in space (and time), brought back to the
   working size, encoded, noised to noise scale ``s`` and denoised with the finetuned model from there
   (:func:`corrupt_frames`, :func:`corrupted_sample`, one DDIM loop: :func:`~.ddim.sample` with ``start_step``).
@@ -22,43 +23,34 @@ The paper runs on Imagen-Video; we run on both video bases of the pack, the infl
 context [b,n,d], temporal: bool = True)`` where ``temporal=False`` skips every temporal/motion module (so that with
 ``f = 1`` it is the image model), and if it has ``clone()``, ``temporal_parameters()`` and ``named_parameters()``.
 Presets naming the inflated UNet's ``attn_temp`` select the motion modules' attentions on AnimateDiff
-(:func:`trainable_for`).
+(:func:`~..training.tune.patterns_for`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from ..defaults import DREAMIX
 from ..sampling.ddim import Callback, Cond, sample
 from ..sampling.schedule import NoiseSchedule
+from ..training.tune import BatchPolicy, StepBatch, TuneConfig, tune
+from ..video_unet import VideoUNet
 
 CAMERA_MOTIONS = ("zoom-in", "zoom-out", "pan-left", "pan-right", "pan-up", "pan-down", "perspective", "none")
 
 #: Trainable presets. Sec. 3.2 finetunes the whole video model; the cheaper presets are ours: every attention
-#: projection (spatial, cross and temporal), or LoRA on those projections (rank: TuneConfig.lora_rank).
+#: projection (spatial, cross and temporal), or LoRA on those projections (rank: DreamixConfig.lora_rank).
 ATTENTION_PROJECTIONS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
                          "attn2.to_v", "attn2.to_out.0", "attn_temp.to_q", "attn_temp.to_k", "attn_temp.to_v",
                          "attn_temp.to_out.0")
 DREAMIX_PRESETS = {"dreamix-full": ("*",), "dreamix-attention": ATTENTION_PROJECTIONS,
                    "dreamix-lora": ATTENTION_PROJECTIONS}
-
-
-def trainable_for(unet, patterns: Sequence[str]) -> tuple[str, ...]:
-    """Presets name the inflated UNet's temporal layer (``attn_temp``); an AnimateDiff UNet has none: there its
-    temporal attentions are the motion modules' ``attn1``/``attn2``, which the same presets' ``attn1.*``/``attn2.*``
-    suffixes already select, so the ``attn_temp`` patterns are dropped."""
-    if getattr(unet, "attention", "") != "animatediff":
-        return tuple(patterns)
-    kept = tuple(p for p in patterns if "attn_temp" not in p)
-    if not kept:
-        raise ValueError("trainable names only attn_temp, which an AnimateDiff VIDEO_UNET does not have; use "
-                         "'motion_modules' for its temporal layers")
-    return kept
 
 
 def check_unit(value: float, name: str) -> float:
@@ -81,6 +73,51 @@ def as_image_batch(x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor
     f = x.shape[2]
     return (rearrange(x, "b c f h w -> (b f) c 1 h w"),
             repeat(context, "b n d -> (b f) n d", f=f))
+
+
+@dataclass(frozen=True)
+class DreamixConfig(TuneConfig):
+    """:class:`~..training.tune.TuneConfig` plus Dreamix's mix: ``image_ratio`` is the probability that a step is a
+    frame batch (temporal layers bypassed); 0 is video-only tuning, 1 frames only (subject-driven, Sec. 4.3)."""
+
+    method: str = "dreamix"
+    image_ratio: float = DREAMIX.image_ratio
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_unit(self.image_ratio, "image_ratio")
+
+
+def mixed_batches(steps: int, image_ratio: float, seed: int) -> BatchPolicy:
+    """The per-step batch policy of Sec. 3.2: step ``i`` is a frame batch (:func:`as_image_batch`, temporal layers
+    bypassed) where :func:`mix_schedule` says so, else the clip as a video. The callback's info gets
+    ``frames_only``."""
+    frames_only = mix_schedule(steps, image_ratio, seed).tolist()
+    made: list[tuple[torch.Tensor, ...]] = []  # (video, context, images, image context) of the clip seen last
+
+    def policy(step: int, video: torch.Tensor, context: torch.Tensor) -> StepBatch:
+        if not frames_only[step]:
+            return StepBatch(video, context, temporal=True, info={"frames_only": False})
+        if not made or made[0][0] is not video or made[0][1] is not context:  # the loop passes one clip every step
+            made[:] = [(video, context, *as_image_batch(video, context))]
+        images, image_context = made[0][2:]
+        return StepBatch(images, image_context, temporal=False, info={"frames_only": True})
+    return policy
+
+
+def dreamix_finetune(video_unet: VideoUNet, latents: torch.Tensor, context: torch.Tensor,
+                     config: DreamixConfig = DreamixConfig(), callback: Callable[[int, int, dict], None] | None = None,
+                     device: torch.device | str | None = None, prompt: str = "") -> tuple[VideoUNet, list[float]]:
+    """Dreamix mixed video-image finetuning (Sec. 3.2) of ``video_unet`` on one clip. Returns ``(tuned VideoUNet,
+    loss per step)``.
+
+    ``latents``: ``[1,c,f,h,w]`` scaled; ``context``: ``[1,n,d]``; ``config.trainable``: module patterns (e.g.
+    ``DREAMIX_PRESETS["dreamix-full"]``; ``lora_rank > 0`` trains merged LoRA adapters); ``callback(step, total,
+    info)`` after each step, ``info["frames_only"]`` telling the step's kind. The input model is never modified.
+    """
+    batches = mixed_batches(config.steps, config.image_ratio, config.seed)
+    return tune(video_unet, latents, context, config, device=device, callback=callback, prompt=prompt,
+                batches=batches)
 
 
 def _check_factor(value, name: str) -> int:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..finite import FiniteWatch
 from ..training import lora as L
-from ..training.tune import _precision, precision_name
+from ..training.tune import autocast_dtype, precision_name
 from ..video_unet import TuneRecord, VideoUNet
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def train(model: VideoUNet, clips: Sequence[torch.Tensor], contexts: Sequence[to
             raise ValueError(f"clip {i}: latents must be [1, c, f>={min_frames}, h, w] (the temporal path needs "
                              f"motion: at least 2 frames), got {tuple(x.shape)}")
     device = torch.device(device) if device is not None else model.network.device
-    amp = _precision(config.mixed_precision, device)
+    amp = autocast_dtype(config.mixed_precision, device)
     spatial_names = [f"spatial_{i}" for i in range(len(clips))] if config.paths != "temporal" else []
     temporal_on = config.paths != "spatial"
     # LoRA init and dropout draw from the global RNG: seeded inside a fork, so runs repeat and callers' RNG is kept

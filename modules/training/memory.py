@@ -149,10 +149,9 @@ def autocast_size_dtype(mixed_precision: str, device: torch.device | str) -> tor
 
 def tune_estimate(network: torch.nn.Module, latent_shape: Sequence[int], config, device) -> MemoryEstimate:
     """:func:`estimate` for the tuning loop (:func:`~.tune.tune`) with a :class:`~.tune.TuneConfig`."""
-    from ..methods.dreamix import trainable_for
-    from .tune import select_trainable
+    from .tune import patterns_for, select_trainable
 
-    names = select_trainable(network, trainable_for(network, config.trainable))
+    names = select_trainable(network, patterns_for(network, config.trainable))
     lora = lora_shapes(network, names, config.lora_rank) if config.lora_rank else ()
     shape = (config.batch_size, *latent_shape[1:])
     return estimate(network, shape, () if config.lora_rank else names, lora, config.optimizer,

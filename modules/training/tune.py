@@ -1,19 +1,20 @@
-"""One-shot tuning of an inflated UNet on one video.
+"""The shared tuning loop: finetune chosen tensors of a video UNet on one clip with the denoising loss.
 
-Tune-A-Video (Wu et al., ICCV 2023), Sec. 4.2 "One-shot tuning": the standard denoising loss
-``|| eps - eps_theta(x_t, t, c) ||^2`` on the source clip's latents and prompt, updating only the sparse-causal and
-cross-attention query projections and the temporal attention (``attn1.to_q``, ``attn2.to_q``, ``attn_temp``).
-Everything else stays frozen and shared with the input model. Presets: the paper's set in every block, or what the
-reference code effectively trains (mid + up blocks, see :mod:`.defaults`).
+Tune-A-Video (Wu et al., ICCV 2023), Sec. 4.2 "One-shot tuning", is the loop's origin: the standard denoising loss
+``|| eps - eps_theta(x_t, t, c) ||^2`` on the source clip's latents and prompt, updating only the chosen tensors.
+Everything else stays frozen and shared with the input model. ``lora_rank > 0`` trains LoRA adapters on the chosen
+linear layers instead and merges them at the end.
 
-Dreamix's mixed video-image finetuning (Sec. 3.2) is the same loop with ``image_ratio > 0``: each step is, with that
-probability, a batch of the clip's frames as independent images with the temporal layers bypassed
-(:mod:`.dreamix`); ``lora_rank > 0`` trains LoRA adapters on the chosen linear layers and merges them at the end.
+The loop knows no method: its caller names the trainable patterns (``TuneConfig.trainable``) and may give a per-step
+batch policy (:data:`BatchPolicy`) that picks, each step, the video batch or another batch built from it, with the
+temporal layers on or bypassed. Methods live in ``modules/methods`` and call :func:`tune` (Tune-A-Video:
+:func:`~..methods.tune_a_video.tune_a_video`; Dreamix's mixed video/frame batches:
+:func:`~..methods.dreamix.dreamix_finetune`).
 
 The clip is encoded once and the loss uses that latent (the VAE posterior mean, which is also what ComfyUI's VAE
 Encode returns); the reference draws a new posterior sample every step.
 
-:func:`tune` is a pure function of its inputs: it returns a new :class:`~.video_model.VideoUNet` and the loss curve;
+:func:`tune` is a pure function of its inputs: it returns a new :class:`~..video_unet.VideoUNet` and the loss curve;
 the input model is never modified, also when the loop is interrupted (the callback raises).
 """
 
@@ -22,15 +23,14 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from ..defaults import TAV, TUNE_A_VIDEO_REFERENCE_TRAINABLE
+from ..defaults import TAV
 from ..finite import FiniteWatch
-from ..methods.dreamix import DREAMIX_PRESETS, as_image_batch, check_unit, mix_schedule, trainable_for
 from ..networks.base import own_parameter
 from ..networks.inflate import InflatedUNet
 from ..sampling.schedule import NoiseSchedule
@@ -40,16 +40,12 @@ from .memory import OPTIMIZERS, make_optimizer
 
 logger = logging.getLogger(__name__)
 
-#: Trainable-module presets: the paper's intent (every transformer block) and the reference code's effective
-#: behaviour (mid + up blocks only; no backward through the down blocks, see defaults.py).
-PRESETS = {"tune-a-video": TAV.trainable_modules, "tune-a-video-reference": TUNE_A_VIDEO_REFERENCE_TRAINABLE,
-           **DREAMIX_PRESETS}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """Hyper-parameters of :func:`tune`; defaults from Tune-A-Video (see :class:`~.defaults.TuneAVideoDefaults`)."""
+    """Hyper-parameters of :func:`tune`; defaults from Tune-A-Video (see :class:`~..defaults.TuneAVideoDefaults`)."""
 
     steps: int = TAV.max_train_steps
     learning_rate: float = TAV.learning_rate
@@ -62,8 +58,7 @@ class TuneConfig:
     weight_decay: float = TAV.adam_weight_decay
     adam_epsilon: float = TAV.adam_epsilon
     max_grad_norm: float = TAV.max_grad_norm
-    method: str = "tune-a-video"
-    image_ratio: float = 0.0  # Dreamix: probability that a step is a frame batch (temporal layers bypassed)
+    method: str = "tune-a-video"  # recorded in the result's history (and saved files' metadata)
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the trainable linear layers, merged at the end
     optimizer: str = "adamw"  # or "adafactor" (transformers; factored state, see .memory)
 
@@ -78,20 +73,55 @@ class TuneConfig:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}; expected one of {PRECISIONS}")
         if not self.trainable:
             raise ValueError("trainable is empty: name at least one module pattern (e.g. 'attn_temp')")
-        check_unit(self.image_ratio, "image_ratio")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank={self.lora_rank} must be >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
 
 
-def parse_patterns(text: str | Sequence[str]) -> tuple[str, ...]:
-    """A preset name (``"tune-a-video"``) or comma/newline-separated module-name patterns."""
+@dataclass(frozen=True)
+class StepBatch:
+    """What one tuning step trains on: ``latents [b,c,f,h,w]`` (scaled), ``context [b,n,d]``; ``temporal=False``
+    bypasses the temporal layers; ``info`` is added to the callback's info for that step."""
+
+    latents: torch.Tensor
+    context: torch.Tensor
+    temporal: bool = True
+    info: Mapping[str, object] = field(default_factory=dict)
+
+
+#: ``policy(step, video, context) -> StepBatch``: called once per step (``step`` from 0) with the clip as the training
+#: batch (``[batch_size,c,f,h,w]`` and ``[batch_size,n,d]``, on the training device, fp32).
+BatchPolicy = Callable[[int, torch.Tensor, torch.Tensor], StepBatch]
+
+
+def video_batches(step: int, video: torch.Tensor, context: torch.Tensor) -> StepBatch:
+    """The default policy: every step trains on the clip as a video, temporal layers on."""
+    return StepBatch(video, context)
+
+
+def parse_patterns(text: str | Sequence[str], presets: Mapping[str, tuple[str, ...]] | None = None
+                   ) -> tuple[str, ...]:
+    """A preset name (a key of ``presets``, e.g. ``"tune-a-video"``) or comma/newline-separated module-name
+    patterns."""
     if isinstance(text, str):
-        if text.strip() in PRESETS:
-            return PRESETS[text.strip()]
+        if presets and text.strip() in presets:
+            return tuple(presets[text.strip()])
         text = text.replace("\n", ",").split(",")
     return tuple(p.strip() for p in text if p.strip())
+
+
+def patterns_for(unet, patterns: Sequence[str]) -> tuple[str, ...]:
+    """Patterns written for the inflated UNet's temporal layer (``attn_temp``) on any base. An AnimateDiff UNet has no
+    ``attn_temp``: there its temporal attentions are the motion modules' ``attn1``/``attn2``, which presets'
+    ``attn1.*``/``attn2.*`` suffixes already select, so the ``attn_temp`` patterns are dropped."""
+    if getattr(unet, "attention", "") != "animatediff":
+        return tuple(patterns)
+    kept = tuple(p for p in patterns if "attn_temp" not in p)
+    if not kept:
+        raise ValueError("trainable names only attn_temp, which an AnimateDiff VIDEO_UNET does not have; use "
+                         "'motion_modules' for its temporal layers")
+    return kept
 
 
 def select_trainable(unet: torch.nn.Module, patterns: Iterable[str]) -> list[str]:
@@ -114,7 +144,7 @@ def select_trainable(unet: torch.nn.Module, patterns: Iterable[str]) -> list[str
     return sorted(names)
 
 
-def _precision(requested: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(requested: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype, or None for plain fp32. ``auto``: bf16 on CUDA (fp16 without bf16), fp32 elsewhere; an explicit
     ``bf16``/``fp16`` autocasts on any device (CPU autocast included, so CPU-only CI exercises the mixed path)."""
     if requested == "fp32" or requested == "auto" and device.type != "cuda":
@@ -138,7 +168,8 @@ def denoising_loss(unet: InflatedUNet, schedule: NoiseSchedule, x0: torch.Tensor
     """Mean squared error between the model output and its target (``eps`` or ``v``) at timesteps ``t`` ``[b]``.
 
     ``x0``: ``[b,c,f,h,w]`` scaled latents; ``context``: ``[b,n,d]``; ``noise`` like ``x0``. ``temporal=False``
-    bypasses the temporal layers (Dreamix frame batches; pass frames as the batch, :func:`~.dreamix.as_image_batch`).
+    bypasses the temporal layers (for frames passed as the batch, ``f = 1``: each frame is then an independent
+    image).
     """
     x_t = schedule.add_noise(x0, noise, t)
     target = schedule.training_target(x0, noise, t)
@@ -150,7 +181,7 @@ def denoising_loss(unet: InflatedUNet, schedule: NoiseSchedule, x0: torch.Tensor
     return F.mse_loss(pred.float(), target.float())
 
 
-def _prepare_unet(model: VideoUNet, names: list[str], device: torch.device, amp: torch.dtype | None,
+def prepare_unet(model: VideoUNet, names: list[str], device: torch.device, amp: torch.dtype | None,
                   lora_rank: int = 0) -> tuple[InflatedUNet, list[torch.nn.Parameter]]:
     """A clone to train and its trainable parameters (the named ones, or LoRA adapters over them)."""
     # Without autocast the UNet must compute in fp32 (CPU half precision is slow and inaccurate): copy if needed.
@@ -167,13 +198,15 @@ def _prepare_unet(model: VideoUNet, names: list[str], device: torch.device, amp:
 
 def tune(model: VideoUNet, latents: torch.Tensor, context: torch.Tensor, config: TuneConfig = TuneConfig(),
          device: torch.device | str | None = None, callback: Callable[[int, int, dict], None] | None = None,
-         prompt: str = "") -> tuple[VideoUNet, list[float]]:
-    """One-shot tune ``model`` on one clip. Returns ``(tuned model, loss per step)``.
+         prompt: str = "", batches: BatchPolicy = video_batches) -> tuple[VideoUNet, list[float]]:
+    """Tune ``model`` on one clip. Returns ``(tuned model, loss per step)``.
 
     Args:
         latents: ``[1, c, f, h, w]`` scaled source latents (computed once, reused every step).
         context: ``[1, n, d]`` source-prompt embeddings (computed once).
-        callback: ``callback(step, total, {"loss": tensor})`` after each step; raise from it to interrupt.
+        callback: ``callback(step, total, {"loss": tensor, "temporal": bool, **batch.info})`` after each step;
+            raise from it to interrupt.
+        batches: the per-step batch policy (default: the clip as a video every step).
     Runs correctly under ComfyUI's ``torch.inference_mode()`` executor: it leaves inference mode and copies the
     inputs it trains on.
     """
@@ -182,11 +215,11 @@ def tune(model: VideoUNet, latents: torch.Tensor, context: torch.Tensor, config:
     if context.dim() != 3 or context.shape[0] != 1:
         raise ValueError(f"context must be [1, n, d] text embeddings, got shape {tuple(context.shape)}")
     device = torch.device(device) if device is not None else model.network.device
-    amp = _precision(config.mixed_precision, device)
+    amp = autocast_dtype(config.mixed_precision, device)
     with torch.inference_mode(False), torch.enable_grad():
-        names = select_trainable(model.network, trainable_for(model.network, config.trainable))
-        unet, params = _prepare_unet(model, names, device, amp, config.lora_rank)
-        losses = _train_loop(unet, model.schedule, latents, context, params, config, device, amp, callback)
+        names = select_trainable(model.network, patterns_for(model.network, config.trainable))
+        unet, params = prepare_unet(model, names, device, amp, config.lora_rank)
+        losses = _train_loop(unet, model.schedule, latents, context, params, config, device, amp, callback, batches)
         if config.lora_rank:
             trained = merged_weights(unet)
         else:
@@ -202,7 +235,7 @@ def tune(model: VideoUNet, latents: torch.Tensor, context: torch.Tensor, config:
     return model.with_tensors(trained, history=model.history + (record,)), curve
 
 
-def _train_loop(unet, schedule, latents, context, params, config, device, amp, callback) -> torch.Tensor:
+def _train_loop(unet, schedule, latents, context, params, config, device, amp, callback, batches) -> torch.Tensor:
     logger.info("tuning %d tensors (%.2fM values), %d steps", len(params), sum(p.numel() for p in params) / 1e6,
                 config.steps)
     x0 = latents.detach().to(device=device, dtype=torch.float32).clone()
@@ -217,16 +250,15 @@ def _train_loop(unet, schedule, latents, context, params, config, device, amp, c
         unet.enable_gradient_checkpointing()
     unet.train()
     losses = torch.zeros(config.steps, device=device)
-    frames_only = mix_schedule(config.steps, config.image_ratio, config.seed).tolist()
-    images, image_ctx = as_image_batch(x0, ctx)
     watch = FiniteWatch(config.steps, params, precision_name(config.mixed_precision, amp), config.method, device)
     for step in range(config.steps):
-        xs, cs = (images, image_ctx) if frames_only[step] else (x0, ctx)
+        batch = batches(step, x0, ctx)
+        xs = batch.latents
         noise = torch.randn(xs.shape, generator=gen, device=device)
         t = torch.randint(0, schedule.num_train_timesteps, (xs.shape[0],), generator=gen, device=device)
-        loss = denoising_loss(unet, schedule, xs, cs, t, noise, amp, temporal=not frames_only[step])
+        loss = denoising_loss(unet, schedule, xs, batch.context, t, noise, amp, temporal=batch.temporal)
         opt.zero_grad(set_to_none=True)
-        if loss.requires_grad:  # a frame batch gives no gradient when only temporal layers train
+        if loss.requires_grad:  # a batch with temporal layers bypassed gives none when only they train
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -236,5 +268,5 @@ def _train_loop(unet, schedule, latents, context, params, config, device, amp, c
         watch.loss(step + 1, losses[step])
         watch.check(step + 1)
         if callback is not None:
-            callback(step + 1, config.steps, {"loss": losses[step], "frames_only": frames_only[step]})
+            callback(step + 1, config.steps, {"loss": losses[step], "temporal": batch.temporal, **batch.info})
     return losses
