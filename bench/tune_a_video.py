@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from common import bench_parser, build_video_model, count_flops, describe, peak_memory_gib, reset_peak, timed
 from tunevideo.modules.networks.inflate import inflate_unet
-from tunevideo.modules.sampling.ddim import guided_output
+from tunevideo.modules.sampling.guidance import guided_output
 from tunevideo.modules.training.tune import (
     PRESETS,
     TuneConfig,
