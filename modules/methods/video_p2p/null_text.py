@@ -15,6 +15,9 @@ Eq. 3-4, applied to video by Video-P2P (Liu et al., 2023, Sec. 3.3, its ``run_vi
 
 Sampling the source prompt with those per-step embeddings (:func:`reconstruct`) retraces the inversion path, which is
 what lets prompt-to-prompt editing keep the unedited content. ``fast`` (Video-P2P ``--fast``) skips step 2.
+The path, the outer walk and the reconstruction are the pack's one DDIM loop (:func:`~.ddim.ddim_loop`); the guidance
+with per-step embeddings is one model wrapper (:func:`null_text_guided`), and the optimiser shares the loop's step
+maths (:func:`~.ddim.ddim_step`, :func:`~.guidance.cfg_mix`).
 
 Shapes: latents ``[1, c, f, h, w]`` scaled; ``cond``, ``uncond`` ``[1, n, d]``; ``model(x, t, context)`` the
 :class:`~.inflate.InflatedUNet` signature, differentiable in ``context``.
@@ -22,7 +25,7 @@ Shapes: latents ``[1, c, f, h, w]`` scaled; ``cond``, ``uncond`` ``[1, n, d]``; 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,9 +75,10 @@ def ddim_path(model: ModelFn, schedule: NoiseSchedule, latents: torch.Tensor, co
     return path
 
 
-def null_text_guided(model: ModelFn, cond: torch.Tensor, embeddings: torch.Tensor, guidance: float) -> StepModel:
-    """Classifier-free guidance whose unconditional embedding at step ``i`` is ``embeddings[i]`` (``[steps, n, d]``,
-    the null-text result)."""
+def null_text_guided(model: ModelFn, cond: torch.Tensor, embeddings: torch.Tensor | Sequence[torch.Tensor],
+                     guidance: float) -> StepModel:
+    """Classifier-free guidance whose unconditional embedding at step ``i`` is ``embeddings[i]`` ``[n, d]`` (the
+    null-text result ``[steps, n, d]``, or the list the optimisation fills step by step)."""
     return lambda x, t, i: guided_output(model, x, t, cond, embeddings[i][None], guidance)
 
 
@@ -95,21 +99,22 @@ def null_text_invert(model: ModelFn, schedule: NoiseSchedule, latents: torch.Ten
         if fast:
             return NullTextResult(path[-1], uncond.new_zeros((0, *uncond.shape[1:])), torch.stack(path))
         grid = ddim_grid(schedule, config.steps)
-        embeddings, losses = [uncond[0]], []
+        embeddings, losses = [], []  # per step: u [n, d], last inner loss
+        guide = null_text_guided(model, cond, embeddings, config.guidance)
 
         def optimised(z, t, i):
             """Optimise ``u`` for step ``i``, then guide the step with it (the loop makes the move)."""
-            u, loss = _optimise_step(model, schedule, z, t, grid[i + 1], embeddings[-1][None], cond, path[-2 - i], i,
-                                     config)
+            u = embeddings[-1][None] if embeddings else uncond
+            u, loss = _optimise_step(model, schedule, z, t, grid[i + 1], u, cond, path[-2 - i], i, config)
             embeddings.append(u[0])
             losses.append(loss)
-            return guided_output(model, z, t, cond, u, config.guidance)
+            return guide(z, t, i)
 
         def report(step, _, info):
             callback(config.steps + step, total, {**info, "phase": "null-text", "loss": losses[-1]})
 
         ddim_loop(optimised, schedule, path[-1], grid, report if callback is not None else None)
-    return NullTextResult(path[-1], torch.stack(embeddings[1:]), torch.stack(path), tuple(losses))
+    return NullTextResult(path[-1], torch.stack(embeddings), torch.stack(path), tuple(losses))
 
 
 def _optimise_step(model, schedule, z, t, t_to, u, cond, target, i, config) -> tuple[torch.Tensor, float]:
