@@ -34,7 +34,9 @@ from einops import rearrange
 
 from ...defaults import VP2P
 from ...networks.inflate import InflatedUNet, VideoTransformerBlock
-from ...sampling.schedule import NoiseSchedule, ddim_move
+from ...sampling.ddim import ddim_grid, ddim_loop
+from ...sampling.guidance import two_branch_guided
+from ...sampling.schedule import NoiseSchedule
 from .prompt_align import MAX_TOKENS, refinement_mapper, replacement_mapper, token_weights, word_mask
 
 Callback = Callable[[int, int, dict], None]
@@ -215,25 +217,27 @@ def p2p_sample(unet: InflatedUNet, schedule: NoiseSchedule, x_t: torch.Tensor, c
     controller = AttentionController(control, steps)
     model = controlled_unet(unet, controller)
     dev, dtype = model.device, model.dtype
-    ts = schedule.ddim_timesteps(steps).tolist()
-    x = x_t.float().expand(2, -1, -1, -1, -1).to(dev)
-    masks = []
-    for i, t in enumerate(ts):
-        controller.state.step = i
+
+    def contexts(i: int) -> torch.Tensor:
         u_src = null_text[i][None] if null_text is not None else uncond
-        context = torch.cat([u_src, uncond, cond_src, cond_edit]).to(dev, dtype)
-        out = model(torch.cat([x, x]).to(dtype), torch.tensor([t], device=dev), context).float()
-        u, c = out.chunk(2)
-        guided = u + guidance * (c - u)
-        if fast:
-            guided = torch.cat([c[:1], guided[1:]])
-        t_to = ts[i + 1] if i + 1 < len(ts) else -1
-        x = ddim_move(schedule, x, schedule.to_eps(x, guided, t), t, t_to)
+        return torch.cat([u_src, uncond, cond_src, cond_edit]).to(dev, dtype)
+
+    guide = two_branch_guided(lambda x, t, c: model(x.to(dtype), t, c), contexts, guidance, fast)
+
+    def step_model(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
+        controller.state.step = i  # the attention processors and the local blend key on the step
+        return guide(x, t, i)
+
+    masks = []
+
+    def local_blend(i: int, x: torch.Tensor) -> torch.Tensor:
         x, mask = controller.blend(x)
         if mask is not None:
             masks.append(mask)
-        if callback is not None:
-            callback(i + 1, len(ts), {"timestep": t})
+        return x
+
+    x = x_t.float().expand(2, -1, -1, -1, -1).to(dev)
+    x = ddim_loop(step_model, schedule, x, ddim_grid(schedule, steps), callback, after_step=local_blend)
     return x, masks, controller
 
 

@@ -15,6 +15,9 @@ Eq. 3-4, applied to video by Video-P2P (Liu et al., 2023, Sec. 3.3, its ``run_vi
 
 Sampling the source prompt with those per-step embeddings (:func:`reconstruct`) retraces the inversion path, which is
 what lets prompt-to-prompt editing keep the unedited content. ``fast`` (Video-P2P ``--fast``) skips step 2.
+The path, the outer walk and the reconstruction are the pack's one DDIM loop (:func:`~.ddim.ddim_loop`); the guidance
+with per-step embeddings is one model wrapper (:func:`null_text_guided`), and the optimiser shares the loop's step
+maths (:func:`~.ddim.ddim_step`, :func:`~.guidance.cfg_mix`).
 
 Shapes: latents ``[1, c, f, h, w]`` scaled; ``cond``, ``uncond`` ``[1, n, d]``; ``model(x, t, context)`` the
 :class:`~.inflate.InflatedUNet` signature, differentiable in ``context``.
@@ -22,7 +25,7 @@ Shapes: latents ``[1, c, f, h, w]`` scaled; ``cond``, ``uncond`` ``[1, n, d]``; 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +33,9 @@ import torch.nn.functional as F
 
 from ...defaults import VP2P
 from ...sampling.conditioning import ModelFn
-from ...sampling.ddim import guided_output
-from ...sampling.schedule import NoiseSchedule, ddim_move
+from ...sampling.ddim import ddim_grid, ddim_loop, ddim_step, keep_latents
+from ...sampling.guidance import StepModel, cfg_mix, guided, guided_output
+from ...sampling.schedule import NoiseSchedule
 
 Callback = Callable[[int, int, dict], None]
 
@@ -63,27 +67,20 @@ class NullTextResult:
     losses: tuple[float, ...] = ()
 
 
-@torch.no_grad()
 def ddim_path(model: ModelFn, schedule: NoiseSchedule, latents: torch.Tensor, context: torch.Tensor, steps: int,
               callback: Callback | None = None) -> list[torch.Tensor]:
     """Unguided DDIM inversion keeping every latent: ``[z*_0 = latents, ..., z*_T]`` (``steps + 1`` tensors)."""
     path = [latents.float()]
-    t_from = -1
-    ts = schedule.ddim_timesteps(steps).flip(0).tolist()
-    for i, t in enumerate(ts):
-        x = path[-1]
-        eps = schedule.to_eps(x, model(x, torch.tensor([t], device=x.device), context).float(), t)
-        path.append(ddim_move(schedule, x, eps, t_from, t))
-        t_from = t
-        if callback is not None:
-            callback(i + 1, len(ts), {"timestep": t, "phase": "ddim"})
+    ddim_loop(guided(model, context), schedule, path[0], ddim_grid(schedule, steps, invert=True),
+              _tagged(callback, "ddim"), after_step=keep_latents(path))
     return path
 
 
-def _guided_step(model, schedule, z, t, t_to, u, cond, w):
-    """One DDIM step from ``t`` to ``t_to`` with classifier-free guidance ``w`` (one batched call)."""
-    out = guided_output(model, z, t, cond, u, w)
-    return ddim_move(schedule, z, schedule.to_eps(z, out, t), t, t_to)
+def null_text_guided(model: ModelFn, cond: torch.Tensor, embeddings: torch.Tensor | Sequence[torch.Tensor],
+                     guidance: float) -> StepModel:
+    """Classifier-free guidance whose unconditional embedding at step ``i`` is ``embeddings[i]`` ``[n, d]`` (the
+    null-text result ``[steps, n, d]``, or the list the optimisation fills step by step)."""
+    return lambda x, t, i: guided_output(model, x, t, cond, embeddings[i][None], guidance)
 
 
 def null_text_invert(model: ModelFn, schedule: NoiseSchedule, latents: torch.Tensor, cond: torch.Tensor,
@@ -102,18 +99,22 @@ def null_text_invert(model: ModelFn, schedule: NoiseSchedule, latents: torch.Ten
         path = ddim_path(model, schedule, latents, cond, config.steps, callback=_offset(callback, 0, total))
         if fast:
             return NullTextResult(path[-1], uncond.new_zeros((0, *uncond.shape[1:])), torch.stack(path))
-        ts = schedule.ddim_timesteps(config.steps).tolist()
-        z, u = path[-1], uncond
-        embeddings, losses = [], []
-        for i, t in enumerate(ts):
-            t_to = ts[i + 1] if i + 1 < len(ts) else -1
-            u, loss = _optimise_step(model, schedule, z, t, t_to, u, cond, path[-2 - i], i, config)
+        grid = ddim_grid(schedule, config.steps)
+        embeddings, losses = [], []  # per step: u [n, d], last inner loss
+        guide = null_text_guided(model, cond, embeddings, config.guidance)
+
+        def optimised(z, t, i):
+            """Optimise ``u`` for step ``i``, then guide the step with it (the loop makes the move)."""
+            u = embeddings[-1][None] if embeddings else uncond
+            u, loss = _optimise_step(model, schedule, z, t, grid[i + 1], u, cond, path[-2 - i], i, config)
             embeddings.append(u[0])
             losses.append(loss)
-            with torch.no_grad():
-                z = _guided_step(model, schedule, z, t, t_to, u, cond, config.guidance)
-            if callback is not None:
-                callback(config.steps + i + 1, total, {"timestep": t, "phase": "null-text", "loss": loss})
+            return guide(z, t, i)
+
+        def report(step, _, info):
+            callback(config.steps + step, total, {**info, "phase": "null-text", "loss": losses[-1]})
+
+        ddim_loop(optimised, schedule, path[-1], grid, report if callback is not None else None)
     return NullTextResult(path[-1], torch.stack(embeddings), torch.stack(path), tuple(losses))
 
 
@@ -128,8 +129,8 @@ def _optimise_step(model, schedule, z, t, t_to, u, cond, target, i, config) -> t
     with torch.enable_grad():
         for _ in range(config.inner_steps):
             out_u = model(z, tt, u).float()
-            out = out_u + config.guidance * (out_c - out_u)
-            loss = F.mse_loss(ddim_move(schedule, z, schedule.to_eps(z, out, t), t, t_to), target)
+            out = cfg_mix(out_u, out_c, config.guidance)
+            loss = F.mse_loss(ddim_step(schedule, z, out, t, t_to), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -145,21 +146,24 @@ def _offset(callback: Callback | None, start: int, total: int) -> Callback | Non
     return lambda step, _, info: callback(start + step, total, info)
 
 
-@torch.no_grad()
+def _tagged(callback: Callback | None, phase: str) -> Callback | None:
+    """``callback`` with ``info["phase"] = phase``."""
+    if callback is None:
+        return None
+    return lambda step, total, info: callback(step, total, {**info, "phase": phase})
+
+
 def reconstruct(model: ModelFn, schedule: NoiseSchedule, result: NullTextResult, cond: torch.Tensor,
                 guidance: float = 7.5) -> list[torch.Tensor]:
     """Sample the source prompt from ``result.noise`` with the per-step embeddings (``fast``: no guidance, an exact
     DDIM reversal). Returns the latents after each step; the last is the reconstructed clip ``[1,c,f,h,w]``."""
-    ts = schedule.ddim_timesteps(result.path.shape[0] - 1).tolist()
-    z, out = result.noise, []
-    for i, t in enumerate(ts):
-        t_to = ts[i + 1] if i + 1 < len(ts) else -1
-        if len(result.uncond):
-            z = _guided_step(model, schedule, z, t, t_to, result.uncond[i][None], cond, guidance)
-        else:
-            eps = schedule.to_eps(z, model(z, torch.tensor([t], device=z.device), cond).float(), t)
-            z = ddim_move(schedule, z, eps, t, t_to)
-        out.append(z)
+    steps = result.path.shape[0] - 1
+    if len(result.uncond):
+        step_model = null_text_guided(model, cond, result.uncond, guidance)
+    else:
+        step_model = guided(model, cond)
+    out: list[torch.Tensor] = []
+    ddim_loop(step_model, schedule, result.noise, ddim_grid(schedule, steps), after_step=keep_latents(out))
     return out
 
 
