@@ -32,8 +32,8 @@ from einops import repeat
 from safetensors.torch import load_file
 from torch import nn
 
+from ..convert.identity import unet_hash
 from ..convert.unet import UnsupportedModelError
-from ..files.deltas import unet_hash
 from .base import VideoNetwork, retarget, share_clone, usable_alias
 
 logger = logging.getLogger(__name__)
