@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..convert.identity import fingerprints_match, same_up_to_storage
+from ..networks.base import NetworkBase
 from ..networks.inflate import ATTENTION_VARIANTS, TEMPORAL_MARKER, TEMPORAL_VARIANTS
 from ..video_unet import TuneRecord, VideoUNet
 from .atomic import atomic_write
@@ -44,14 +45,14 @@ def delta_metadata(model: VideoUNet) -> dict[str, str]:
         "base_model_hash": model.base_hash,
         "base_fingerprint": model.base_fingerprint,
         "attention": model.network.attention,
-        "attention_options": json.dumps(getattr(model.network, "attention_options", {}), sort_keys=True),
-        "temporal": getattr(model.network, "temporal", "tune-a-video"),
+        "attention_options": json.dumps(model.network.attention_options, sort_keys=True),
+        "temporal": model.network.temporal,
         "prediction_type": model.schedule.prediction_type,
         "latent_scale": repr(model.latent_scale),
         "history": json.dumps([r.__dict__ for r in model.history]),
     }
-    info = getattr(model.network, "info", None)  # the AnimateDiff base: which motion module
-    if info is not None:
+    if model.network.base is NetworkBase.ANIMATEDIFF:  # which motion module
+        info = model.network.info
         meta.update(motion_module=info.name, motion_module_hash=info.hash)
     if last:
         meta.update(frames=str(last.frames), width=str(last.width), height=str(last.height), prompt=last.prompt,
@@ -112,13 +113,13 @@ def load_delta(model: VideoUNet, path: str | os.PathLike, check_base: bool = Tru
     if fmt != FORMAT and fmt.startswith("tunevideo.delta."):
         raise ValueError(f"{Path(path).name} has format {fmt}, written by a newer TuneVideo than this one "
                          f"({FORMAT}); update the pack")
-    attention = meta.get("attention", model.network.attention)
-    if "animatediff" in (attention, model.network.attention) and attention != model.network.attention:
-        made = "the AnimateDiff base (AnimateDiffVideoUNet)" if attention == "animatediff" else \
+    recorded = NetworkBase.of_recorded_attention(meta.get("attention", model.network.attention))
+    if recorded is not model.network.base:
+        made = "the AnimateDiff base (AnimateDiffVideoUNet)" if recorded is NetworkBase.ANIMATEDIFF else \
             "an inflated UNet (InflateUNetTemporal)"
         raise ValueError(f"{Path(path).name} was tuned on {made}; build this VIDEO_UNET the same way")
     recorded_mm = meta.get("motion_module_hash", "")
-    own_mm = getattr(getattr(model.network, "info", None), "hash", "")
+    own_mm = model.network.info.hash if model.network.base is NetworkBase.ANIMATEDIFF else ""
     if check_base and recorded_mm and own_mm and recorded_mm != own_mm:
         raise BaseMismatchError(f"{Path(path).name} was tuned with motion module {meta.get('motion_module')} "
                                 f"({recorded_mm}); this VIDEO_UNET uses {model.network.info.name} ({own_mm})")

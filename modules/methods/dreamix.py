@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from ..networks.base import NetworkBase
 from ..sampling.ddim import Callback, Cond, sample
 from ..sampling.schedule import NoiseSchedule
 
@@ -52,7 +53,7 @@ def trainable_for(unet, patterns: Sequence[str]) -> tuple[str, ...]:
     """Presets name the inflated UNet's temporal layer (``attn_temp``); an AnimateDiff UNet has none: there its
     temporal attentions are the motion modules' ``attn1``/``attn2``, which the same presets' ``attn1.*``/``attn2.*``
     suffixes already select, so the ``attn_temp`` patterns are dropped."""
-    if getattr(unet, "attention", "") != "animatediff":
+    if unet.base is not NetworkBase.ANIMATEDIFF:
         return tuple(patterns)
     kept = tuple(p for p in patterns if "attn_temp" not in p)
     if not kept:
