@@ -19,12 +19,12 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .modules.convert.checkpoint import TINY_MARKER
+from .modules.convert.identity import unet_hash
 from .modules.convert.text_encoder import byte_chars, text_encoder_to_ldm
 from .modules.convert.unet import LDM_UNET_PREFIX, diffusers_config_from_unet_config, unet_to_ldm
 from .modules.convert.vae import vae_to_ldm
 from .modules.defaults import SD_LATENT_SCALE
 from .modules.files.atomic import atomic_write
-from .modules.files.deltas import unet_hash
 from .modules.networks.animatediff import ADAPTER_CONFIGS, to_original
 from .modules.sampling.schedule import NoiseSchedule
 

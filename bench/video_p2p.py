@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from common import bench_parser, build_video_model, count_flops, describe, peak_memory_gib, reset_peak, timed
-from tunevideo.modules.methods.video_p2p.edit import AttentionController, EditControl, controlled_unet
+from tunevideo.modules.methods.video_p2p.control import AttentionController, EditControl, controlled_unet
 from tunevideo.modules.methods.video_p2p.null_text import NullTextConfig, _optimise_step
 
 H100_BF16_DENSE = 989e12

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
+from .convert.identity import base_identity
 from .convert.unet import unet_from_ldm
 from .defaults import SD_LATENT_SCALE
-from .files.deltas import base_identity
 from .networks.animatediff import build_motion_unet
 from .networks.inflate import inflate_unet
 from .sampling.schedule import NoiseSchedule

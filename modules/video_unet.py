@@ -43,8 +43,8 @@ class VideoUNet:
             out).
         schedule: training noise schedule and prediction type of the base model.
         latent_scale: multiply ComfyUI's unscaled ``LATENT`` by this before the UNet sees it.
-        base_hash: :func:`~.checkpoint_io.unet_hash` of the 2D base weights (deltas check it on load).
-        base_fingerprint: :func:`~.checkpoint_io.unet_fingerprint` of them: recognises the same base held at another
+        base_hash: :func:`~.convert.identity.unet_hash` of the 2D base weights (deltas check it on load).
+        base_fingerprint: :func:`~.convert.identity.unet_fingerprint` of them: recognises the same base held at another
             precision when the hashes differ.
         tuned_names: state-dict names of parameters that tuning changed (saved in deltas with the temporal ones).
         history: tuning runs applied so far, oldest first.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..modules.defaults import VP2P
 from ..modules.finite import finite_number
-from ..modules.methods.video_p2p.edit import attention_image, edit_control, p2p_sample
+from ..modules.methods.video_p2p.control import attention_image
+from ..modules.methods.video_p2p.edit import edit_control, p2p_sample
 from ..modules.methods.video_p2p.null_text import NullTextConfig, null_text_invert_video
 from . import host
 from .boundary import VIDEO_UNET, check_tuned_frames, clip_prompt, clip_tokenizer, latent_to_video, video_to_latent

@@ -58,8 +58,8 @@ def tiny_unet2d(tiny_unet_config):
 
 @pytest.fixture()
 def tiny_video_model(tiny_unet2d):
+    from tunevideo.modules.convert.identity import base_identity
     from tunevideo.modules.convert.unet import unet_to_ldm
-    from tunevideo.modules.files.deltas import base_identity
     from tunevideo.modules.networks.inflate import inflate_unet
     from tunevideo.modules.sampling.schedule import NoiseSchedule
     from tunevideo.modules.video_unet import VideoUNet

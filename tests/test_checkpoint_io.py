@@ -6,8 +6,9 @@ import pytest
 import torch
 from conftest import CTX_DIM
 from safetensors.torch import save_file
+from tunevideo.modules.convert.identity import unet_hash
 from tunevideo.modules.convert.unet import unet_to_ldm
-from tunevideo.modules.files.deltas import BaseMismatchError, load_delta, read_delta, save_delta, unet_hash
+from tunevideo.modules.files.deltas import BaseMismatchError, load_delta, read_delta, save_delta
 from tunevideo.modules.training.tune import TuneConfig, tune
 
 
@@ -136,7 +137,7 @@ def test_same_base_at_another_precision_is_accepted(tuned, tiny_unet2d, tiny_une
 
 
 def test_fingerprint_matches_the_same_weights_at_any_storage_precision(tiny_unet2d):
-    from tunevideo.modules.files.deltas import fingerprints_match, unet_fingerprint
+    from tunevideo.modules.convert.identity import fingerprints_match, unet_fingerprint
 
     ldm = unet_to_ldm(tiny_unet2d)
     ref = unet_fingerprint(ldm)

@@ -17,7 +17,7 @@ from tunevideo.modules.networks.attention import (
     check_pool_size,
 )
 from tunevideo.modules.networks.inflate import VideoTransformerBlock, inflate_unet
-from tunevideo.modules.networks.norms import FrameContext, InstanceCentering
+from tunevideo.modules.networks.norms import InstanceCentering
 from tunevideo.modules.training.tune import TuneConfig, tune
 
 FFAM = {"attention": "ei2-ffam", "attention_options": {"pool_size": 2}}
@@ -66,14 +66,12 @@ def test_ffam_on_one_frame_is_plain_self_attention(tiny_unet2d):
 
 
 def test_instance_centering_and_stam_normalised_mapping(tiny_unet2d):
-    ctx = FrameContext()
-    ctx.num_frames = 4
     x = torch.randn(2 * 4, 5, 8) + 3.0
-    centred = InstanceCentering(ctx)(x)
+    centred = InstanceCentering()(x, num_frames=4)
     assert rearrange(centred, "(b f) d c -> b f d c", f=4).mean(1).abs().max() < 1e-5
     offset = rearrange(centred - x, "(b f) d c -> b f d c", f=4)
     torch.testing.assert_close(offset, offset[:, :1].expand_as(offset), rtol=0, atol=1e-5)  # one shift per clip
-    assert not list(InstanceCentering(ctx).parameters())
+    assert not list(InstanceCentering().parameters())
     # Per-definition check of the STAM attention at each spatial position.
     attn = inflate_unet(tiny_unet2d).down_blocks[0].attentions[0].transformer_blocks[0].attn_temp
     with torch.no_grad():

@@ -12,7 +12,7 @@ from tunevideo.modules.networks.attention import (
     TemporalAttnProcessor,
 )
 from tunevideo.modules.networks.inflate import VideoTransformerBlock, inflate_unet
-from tunevideo.modules.networks.norms import FrameContext, FrameGroupNorm
+from tunevideo.modules.networks.norms import FrameGroupNorm, FrameScope
 
 
 def _inputs(b=2, f=3, seed=0, ctx_dim=CTX_DIM):
@@ -77,12 +77,11 @@ def test_frame_group_norm_pools_statistics_over_frames():
     with torch.no_grad():
         gn.weight.normal_()
         gn.bias.normal_()
-    ctx = FrameContext()
-    ctx.num_frames = 3
-    fgn = FrameGroupNorm(gn, ctx)
+    fgn = FrameGroupNorm(gn)
     video = torch.randn(2, 8, 3, 5, 5)
     expected = gn(video)  # nn.GroupNorm on the 5D tensor, as the reference ResnetBlock3D does
-    got = rearrange(fgn(rearrange(video, "b c f h w -> (b f) c h w")), "(b f) c h w -> b c f h w", f=3)
+    with FrameScope(3):
+        got = rearrange(fgn(rearrange(video, "b c f h w -> (b f) c h w")), "(b f) c h w -> b c f h w", f=3)
     assert torch.allclose(got, expected, atol=1e-5)
     assert fgn.weight is gn.weight
 

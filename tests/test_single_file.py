@@ -12,8 +12,8 @@ from conftest import make_unet2d
 from safetensors.torch import load_file, save_file
 from tunevideo import tiny as tiny_model
 from tunevideo.modules.convert import checkpoint as sf
+from tunevideo.modules.convert.identity import unet_hash
 from tunevideo.modules.convert.unet import UnsupportedModelError, unet_to_ldm
-from tunevideo.modules.files.deltas import unet_hash
 from tunevideo.modules.sampling.schedule import NoiseSchedule
 from tunevideo.tiny import TINY_MARKER as TINY
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import CTX_DIM
-from tunevideo.modules.methods.video_p2p.edit import EditControl, p2p_sample
+from tunevideo.modules.methods.video_p2p.control import EditControl
+from tunevideo.modules.methods.video_p2p.edit import p2p_sample
 from tunevideo.modules.methods.video_p2p.null_text import NullTextConfig, null_text_invert, reconstruct
 from tunevideo.modules.methods.video_p2p.prompt_align import (
     refinement_mapper,

@@ -62,7 +62,8 @@ def test_video_p2p_edit_equals_reference():
     """Word swap + reweight + local blend (partial masks), 10 steps, 2 frames of 64x64 latents, per-step null-text
     embeddings on the source branch: final latents of both branches and every local-blend mask of the official
     pipeline (fixture case e; its token mapper, reweighting and blend tokens are the reference's own)."""
-    from tunevideo.modules.methods.video_p2p.edit import EditControl, p2p_sample
+    from tunevideo.modules.methods.video_p2p.control import EditControl
+    from tunevideo.modules.methods.video_p2p.edit import p2p_sample
 
     config = json.loads((FIXTURES / "tav_reference" / "sd1_tiny.config.json").read_text())
     config["attention_head_dim"] = 8  # the reference's LocalBlend assumes 8 heads

@@ -20,7 +20,7 @@ or ``modelspec.prediction_type``, or a ``v_pred`` key as ComfyUI writes); otherw
 SD2 -> ``v_prediction`` (the 768-v model). SD2's 512-base model is epsilon but cannot be told apart by its weights:
 pass ``prediction_type="epsilon"`` for it.
 
-Model fingerprint: ``SDComponents.sha256_short`` is :func:`~.checkpoint_io.unet_hash` (every UNet key and shape plus
+Model fingerprint: ``SDComponents.sha256_short`` is :func:`~.identity.unet_hash` (every UNet key and shape plus
 the first 4096 values of each tensor, rounded to fp16; prefix- and storage-dtype-independent, ~5 MB read for an
 860M-parameter UNet) over the stored UNet tensors, so ComfyUI's ``diffusion_model.state_dict()`` hashes the same.
 """
@@ -40,9 +40,9 @@ from transformers import CLIPTextModel
 
 from ..defaults import SD_LATENT_SCALE
 from ..files import PICKLE_SUFFIXES
-from ..files.deltas import unet_fingerprint, unet_hash
 from ..files.reader import read_header, read_safetensors
 from ..sampling.schedule import PREDICTION_TYPES, NoiseSchedule
+from .identity import unet_fingerprint, unet_hash
 from .state_dict import describe_keys, sub_prefix
 from .text_encoder import (
     SD1_TEXT_PREFIX,
@@ -105,7 +105,7 @@ class SDComponents:
         alphas_cumprod: ``[1000]`` float64 training schedule.
         kind: ``"sd1"`` or ``"sd2"``.
         sha256_short: :func:`unet_hash` of the UNet weights as stored in the file.
-        fingerprint: :func:`~.checkpoint_io.unet_fingerprint` of them (matches the same base at other precisions).
+        fingerprint: :func:`~.identity.unet_fingerprint` of them (matches the same base at other precisions).
         latent_scale: VAE latent scaling factor (0.18215 for SD1/SD2).
         text_layer: ``-1`` (SD1: last layer) or ``-2`` (SD2: penultimate layer, then the final layer norm).
         unet_config: the ComfyUI-style ``unet_config`` read off the UNet weights.

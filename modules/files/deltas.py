@@ -12,8 +12,6 @@ Writes are atomic (temp file + rename) and never overwrite an existing file unle
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
 import os
@@ -23,8 +21,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..convert.unet import strip_ldm_prefix
+from ..convert.identity import fingerprints_match, same_up_to_storage
 from ..finite import check_finite_tensors
+from ..networks.base import NetworkBase
 from ..networks.inflate import ATTENTION_VARIANTS, TEMPORAL_MARKER, TEMPORAL_VARIANTS
 from ..video_unet import TuneRecord, VideoUNet
 from . import PICKLE_SUFFIXES
@@ -34,82 +33,10 @@ from .reader import read_safetensors
 logger = logging.getLogger(__name__)
 
 FORMAT = "tunevideo.delta.v1"
-_HASH_VALUES = 4096
 
 
 class BaseMismatchError(ValueError):
     """A delta was made from another base model than the one it is applied to."""
-
-
-def unet_hash(ldm_state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Short fingerprint of an LDM-layout UNet (ComfyUI ``diffusion_model`` keys, with or without the checkpoint
-    prefix). It covers every key and shape and the first 4096 values of every tensor, rounded to fp16 so fp32 and fp16
-    copies of one model agree; it reads ~5 MB of an 860M-parameter UNet, so it is cheap on every load."""
-    sd = strip_ldm_prefix(ldm_state_dict)
-    h = hashlib.sha256()
-    for key in sorted(sd):
-        t = sd[key]
-        h.update(f"{key}:{tuple(t.shape)};".encode())
-        head = t.detach().reshape(-1)[:_HASH_VALUES].to("cpu", torch.float16).float()
-        h.update(head.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-_FINGERPRINT_PER_TENSOR = 4
-
-
-def _storage_tolerance(*dtypes: torch.dtype) -> tuple[float, float]:
-    """(rtol, atol) within which two copies of one weight agree when each was rounded to its dtype, possibly twice
-    (fp32 -> fp16 -> bf16): one unit in the last place of the coarsest dtype, plus its subnormal spacing."""
-    infos = [torch.finfo(d) for d in dtypes if d.is_floating_point]
-    coarse = max(infos, key=lambda i: i.eps, default=torch.finfo(torch.float32))
-    return 2 * coarse.eps, max(i.smallest_normal * i.eps for i in infos) if infos else 0.0
-
-
-def same_up_to_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether ``a`` and ``b`` hold the same weight, up to rounding to their storage dtypes."""
-    rtol, atol = _storage_tolerance(a.dtype, b.dtype)
-    return bool(torch.allclose(a.detach().float().cpu(), b.detach().float().cpu(), rtol=rtol, atol=atol))
-
-
-def unet_fingerprint(ldm_state_dict: Mapping[str, torch.Tensor]) -> str:
-    """A few values of every tensor (4 per tensor, evenly spaced) and the coarsest storage dtype, encoded as text.
-
-    Unlike :func:`unet_hash` it compares with a tolerance (:func:`fingerprints_match`), so the same base held in
-    bf16, fp16, fp32 or fp8 is recognised; ~2800 values (11 KB) for SD1.5."""
-    sd = strip_ldm_prefix(ldm_state_dict)
-    values, coarse = [], torch.float32
-    for key in sorted(sd):
-        flat = sd[key].detach().reshape(-1)
-        if not flat.is_floating_point() or flat.numel() == 0:
-            continue
-        if torch.finfo(flat.dtype).eps > torch.finfo(coarse).eps:
-            coarse = flat.dtype
-        last, k = flat.numel() - 1, _FINGERPRINT_PER_TENSOR
-        idx = torch.tensor([i * last // (k - 1) for i in range(k)], device=flat.device)  # exact for any size
-        values.append(flat[idx].to("cpu", torch.float32))
-    data = torch.cat(values).numpy().tobytes() if values else b""
-    return f"{str(coarse).removeprefix('torch.')}:{base64.b64encode(data).decode()}"
-
-
-def fingerprints_match(a: str, b: str) -> bool:
-    """Whether two :func:`unet_fingerprint` strings come from the same weights, up to their storage rounding."""
-    try:
-        (dtype_a, data_a), (dtype_b, data_b) = a.split(":", 1), b.split(":", 1)
-        ta = torch.frombuffer(bytearray(base64.b64decode(data_a)), dtype=torch.float32)
-        tb = torch.frombuffer(bytearray(base64.b64decode(data_b)), dtype=torch.float32)
-        dtypes = (getattr(torch, dtype_a), getattr(torch, dtype_b))
-    except (ValueError, AttributeError, TypeError):
-        return False
-    if ta.shape != tb.shape:
-        return False
-    rtol, atol = _storage_tolerance(*dtypes)
-    return bool(torch.allclose(ta, tb, rtol=rtol, atol=atol))
-
-
-def base_identity(ldm_state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
-    """``base_hash`` and ``base_fingerprint`` of a base UNet, as :class:`~.video_model.VideoUNet` fields."""
-    return {"base_hash": unet_hash(ldm_state_dict), "base_fingerprint": unet_fingerprint(ldm_state_dict)}
 
 
 def delta_metadata(model: VideoUNet) -> dict[str, str]:
@@ -120,14 +47,14 @@ def delta_metadata(model: VideoUNet) -> dict[str, str]:
         "base_model_hash": model.base_hash,
         "base_fingerprint": model.base_fingerprint,
         "attention": model.network.attention,
-        "attention_options": json.dumps(getattr(model.network, "attention_options", {}), sort_keys=True),
-        "temporal": getattr(model.network, "temporal", "tune-a-video"),
+        "attention_options": json.dumps(model.network.attention_options, sort_keys=True),
+        "temporal": model.network.temporal,
         "prediction_type": model.schedule.prediction_type,
         "latent_scale": repr(model.latent_scale),
         "history": json.dumps([r.__dict__ for r in model.history]),
     }
-    info = getattr(model.network, "info", None)  # the AnimateDiff base: which motion module
-    if info is not None:
+    if model.network.base is NetworkBase.ANIMATEDIFF:  # which motion module
+        info = model.network.info
         meta.update(motion_module=info.name, motion_module_hash=info.hash)
     if last:
         meta.update(frames=str(last.frames), width=str(last.width), height=str(last.height), prompt=last.prompt,
@@ -182,13 +109,13 @@ def load_delta(model: VideoUNet, path: str | os.PathLike, check_base: bool = Tru
     if fmt != FORMAT and fmt.startswith("tunevideo.delta."):
         raise ValueError(f"{Path(path).name} has format {fmt}, written by a newer TuneVideo than this one "
                          f"({FORMAT}); update the pack")
-    attention = meta.get("attention", model.network.attention)
-    if "animatediff" in (attention, model.network.attention) and attention != model.network.attention:
-        made = "the AnimateDiff base (AnimateDiffVideoUNet)" if attention == "animatediff" else \
+    recorded = NetworkBase.of_recorded_attention(meta.get("attention", model.network.attention))
+    if recorded is not model.network.base:
+        made = "the AnimateDiff base (AnimateDiffVideoUNet)" if recorded is NetworkBase.ANIMATEDIFF else \
             "an inflated UNet (InflateUNetTemporal)"
         raise ValueError(f"{Path(path).name} was tuned on {made}; build this VIDEO_UNET the same way")
     recorded_mm = meta.get("motion_module_hash", "")
-    own_mm = getattr(getattr(model.network, "info", None), "hash", "")
+    own_mm = model.network.info.hash if model.network.base is NetworkBase.ANIMATEDIFF else ""
     if check_base and recorded_mm and own_mm and recorded_mm != own_mm:
         raise BaseMismatchError(f"{Path(path).name} was tuned with motion module {meta.get('motion_module')} "
                                 f"({recorded_mm}); this VIDEO_UNET uses {model.network.info.name} ({own_mm})")

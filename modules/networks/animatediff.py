@@ -31,11 +31,11 @@ from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_t
 from einops import repeat
 from torch import nn
 
+from ..convert.identity import unet_hash
 from ..convert.unet import UnsupportedModelError
 from ..files import PICKLE_SUFFIXES
-from ..files.deltas import unet_hash
 from ..files.reader import read_safetensors
-from .base import VideoNetwork, retarget, share_clone, usable_alias
+from .base import NetworkBase, VideoNetwork, retarget, share_clone, usable_alias
 
 logger = logging.getLogger(__name__)
 
@@ -235,16 +235,21 @@ class MotionUNet(VideoNetwork):
 
     Same interface as :class:`~.inflate.InflatedUNet`. Its children are those of the wrapped ``UNetMotionModel``, so
     ``state_dict()`` keys are diffusers' (``down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q.weight``;
-    :func:`original_key` maps them to the file's). ``attention`` is ``"animatediff"``: the spatial self-attention is
-    the image model's, per frame; motion comes from the motion modules.
+    :func:`original_key` maps them to the file's). Its :attr:`base` is ``NetworkBase.ANIMATEDIFF``; ``attention``
+    (``"animatediff"``, as deltas record it): the spatial self-attention is the image model's, per frame; motion comes
+    from the motion modules.
     """
 
-    attention = "animatediff"
+    attention = NetworkBase.ANIMATEDIFF.value  # recorded in deltas; :meth:`NetworkBase.of_recorded_attention`
     temporal = "animatediff"  # recorded in deltas like the inflated UNet's temporal layer kind
 
     @property
     def attention_options(self) -> dict:
         return {}
+
+    @property
+    def base(self) -> NetworkBase:
+        return NetworkBase.ANIMATEDIFF
 
     def __init__(self, core: UNetMotionModel, info: MotionModuleInfo):
         super().__init__(core)
@@ -296,8 +301,16 @@ class MotionUNet(VideoNetwork):
         video.train(self.training)
         return video
 
-    def with_attention(self, attention: str) -> MotionUNet:
-        if attention != self.attention:
-            raise ValueError(f"attention={attention!r}: spatial attention variants apply to inflated UNets "
+    def with_attention(self, variant: str, options: dict | None = None) -> MotionUNet:
+        """Only its own (per-frame) spatial attention: variants apply to inflated UNets."""
+        if variant != self.attention or options:
+            raise ValueError(f"attention={variant!r}: spatial attention variants apply to inflated UNets "
                              f"(InflateUNetTemporal); an AnimateDiff UNet keeps per-frame self-attention")
+        return self.clone()
+
+    def with_temporal(self, kind: str) -> MotionUNet:
+        """Only its own temporal layers (the motion module): temporal-layer variants apply to inflated UNets."""
+        if kind != self.temporal:
+            raise ValueError(f"temporal={kind!r}: temporal-layer variants apply to inflated UNets "
+                             f"(InflateUNetTemporal); an AnimateDiff UNet's temporal layers are its motion module")
         return self.clone()

@@ -26,20 +26,50 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+# --- attention maths shared by every processor (here and Video-P2P's controlled ones) -------------------------------
 
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[B, n, (h d)] -> [B, h, n, d]``."""
     return rearrange(x, "b n (h d) -> b h n d", h=heads)
 
 
-def _attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """SDPA over ``[B,n,C]`` projections with ``attn.heads`` heads, then the output projection. Returns ``[B,n,C]``."""
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``[B, h, n, d] -> [B, n, (h d)]``."""
+    return rearrange(x, "b h n d -> b n (h d)")
+
+
+def output_projection(attn, x: torch.Tensor) -> torch.Tensor:
+    """``attn``'s output projection and dropout, ``to_out``: ``[B, n, C] -> [B, n, C_out]``."""
+    return attn.to_out[1](attn.to_out[0](x))
+
+
+def attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SDPA over ``[B,n,C]`` projections with ``attn.heads`` heads, then the output projection. Returns ``[B,n,C]``.
+
+    The probabilities are never materialised; use :func:`attention_probs` + :func:`attend_probs` where they are
+    stored or edited."""
     h = attn.heads
     dtype = q.dtype
     if attn.upcast_attention and dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
-    out = F.scaled_dot_product_attention(_heads(q, h), _heads(k, h), _heads(v, h), scale=attn.scale)
-    out = rearrange(out, "b h n d -> b n (h d)").to(dtype)
-    return attn.to_out[1](attn.to_out[0](out))
+    out = F.scaled_dot_product_attention(split_heads(q, h), split_heads(k, h), split_heads(v, h), scale=attn.scale)
+    return output_projection(attn, merge_heads(out).to(dtype))
+
+
+def attention_probs(attn, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Explicit attention probabilities ``[B, h, n, m]`` of projections ``q`` ``[B, n, C]``, ``k`` ``[B, m, C]``:
+    per-row softmax of ``q k^T * scale``, in float32 when the module asks to upcast."""
+    q, k = split_heads(q, attn.heads), split_heads(k, attn.heads)
+    if attn.upcast_attention:
+        q, k = q.float(), k.float()
+    return (q @ k.transpose(-1, -2) * attn.scale).softmax(dim=-1)
+
+
+def attend_probs(attn, probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Apply probabilities ``[B, h, n, m]`` (from :func:`attention_probs`, possibly edited) to values ``[B, m, C]``,
+    then the output projection: ``[B, n, C]``."""
+    out = probs.to(v.dtype) @ split_heads(v, attn.heads)
+    return output_projection(attn, merge_heads(out))
 
 
 def previous_frame_index(num_frames: int, device=None) -> torch.Tensor:
@@ -66,7 +96,7 @@ class SparseCausalAttnProcessor:
         q = attn.to_q(hidden_states)
         k = sparse_causal_kv(attn.to_k(hidden_states), num_frames)
         v = sparse_causal_kv(attn.to_v(hidden_states), num_frames)
-        return _attend(attn, q, k, v)
+        return attend(attn, q, k, v)
 
 
 def first_frame_kv(x: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -84,7 +114,7 @@ class FirstFrameAttnProcessor:
         q = attn.to_q(hidden_states)
         k = first_frame_kv(attn.to_k(hidden_states), num_frames)
         v = first_frame_kv(attn.to_v(hidden_states), num_frames)
-        return _attend(attn, q, k, v)
+        return attend(attn, q, k, v)
 
 
 class TemporalAttnProcessor:
@@ -95,7 +125,7 @@ class TemporalAttnProcessor:
         """``hidden_states``: ``[(b f), d, c]`` (``d`` spatial tokens) -> same shape."""
         d = hidden_states.shape[1]
         x = rearrange(hidden_states, "(b f) d c -> (b d) f c", f=num_frames)
-        out = _attend(attn, attn.to_q(x), attn.to_k(x), attn.to_v(x))
+        out = attend(attn, attn.to_q(x), attn.to_k(x), attn.to_v(x))
         return rearrange(out, "(b d) f c -> (b f) d c", d=d)
 
 
@@ -106,7 +136,7 @@ class PlainAttnProcessor:
                  num_frames: int = 1):
         """``hidden_states``: ``[B, n, c]``, ``encoder_hidden_states``: ``[B, m, d]`` or None -> ``[B, n, c]``."""
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        return _attend(attn, attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context))
+        return attend(attn, attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context))
 
 
 def other_frames_index(num_frames: int, device=None) -> torch.Tensor:
@@ -166,7 +196,7 @@ class FineCoarseAttnProcessor:
                                  f"power of two no larger than the smallest level")
             k = fine_coarse_kv(k, num_frames, frame_size, p)
             v = fine_coarse_kv(v, num_frames, frame_size, p)
-        return _attend(attn, q, k, v)
+        return attend(attn, q, k, v)
 
 
 class StamTemporalAttnProcessor:
@@ -186,14 +216,13 @@ class StamTemporalAttnProcessor:
         d = hidden_states.shape[1]
         x = rearrange(hidden_states, "(b f) d c -> (b d) f c", f=num_frames)
         h = attn.heads
-        q, k, v = (_heads(p(x), h) for p in (attn.to_q, attn.to_k, attn.to_v))
+        q, k, v = (split_heads(p(x), h) for p in (attn.to_q, attn.to_k, attn.to_v))
         dtype = q.dtype
         if attn.upcast_attention and dtype in (torch.float16, torch.bfloat16):
             q, k, v = q.float(), k.float(), v.float()
         probs = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)
         mapping = probs / probs.norm(dim=-1, keepdim=True)
-        out = rearrange(mapping @ v, "b h n d -> b n (h d)").to(dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
+        out = output_projection(attn, merge_heads(mapping @ v).to(dtype))
         return rearrange(out, "(b d) f c -> (b f) d c", d=d)
 
 

@@ -5,17 +5,20 @@ implementations are :class:`~.inflate.InflatedUNet` (an SD UNet inflated as in T
 :class:`~.animatediff.MotionUNet` (an SD UNet with an AnimateDiff motion module). The helpers below build networks
 that *share* the 2D weights with the model they came from (:func:`share_clone`, :func:`retarget`) and give single
 tensors their own copies when tuning changes them (:func:`own_parameter`).
+
+Which base a network is, is the typed :attr:`VideoNetwork.base` (:class:`NetworkBase`); consumers branch on it, never
+on attention names. The names (``attention``, ``temporal``) are what files record.
 """
 
 from __future__ import annotations
 
 import copy
+from abc import ABCMeta, abstractmethod
+from enum import Enum
 
 import torch
 from diffusers.models.attention_processor import Attention
 from torch import nn
-
-from .norms import FrameContext
 
 
 def share_clone(module: nn.Module) -> nn.Module:
@@ -31,16 +34,68 @@ def share_clone(module: nn.Module) -> nn.Module:
     return new
 
 
-class VideoNetwork(nn.Module):
-    """What every video UNet of the pack shares: it wraps a diffusers UNet (``_core``) whose children are registered
-    as its own (so ``state_dict()`` keys are the core's), and exposes its config, dtype, device, training mode and
-    gradient checkpointing. Subclasses: :class:`InflatedUNet` (inflated), :class:`~.animatediff.MotionUNet`."""
+class NetworkBase(Enum):
+    """Which base a :class:`VideoNetwork` was built on. The value is the name LoRA files record as ``base``."""
+
+    INFLATED = "inflated"  # SD UNet inflated as in Tune-A-Video (:class:`~.inflate.InflatedUNet`)
+    ANIMATEDIFF = "animatediff"  # SD UNet + AnimateDiff motion module (:class:`~.animatediff.MotionUNet`)
+
+    @classmethod
+    def of_recorded_attention(cls, attention: str) -> NetworkBase:
+        """The base a tuned-weights file was made on, from its recorded ``attention``: the AnimateDiff base records
+        ``"animatediff"``, an inflated UNet its spatial variant (``tune-a-video``, ``video-p2p``, ...)."""
+        return cls.ANIMATEDIFF if attention == cls.ANIMATEDIFF.value else cls.INFLATED
+
+
+class VideoNetwork(nn.Module, metaclass=ABCMeta):
+    """What every video UNet of the pack is, whichever base: the samplers, tuning loops, file readers and nodes use
+    only this. ``forward(sample [b,c,f,h,w], timestep, encoder_hidden_states [b,n,d], temporal=True) -> [b,c,f,h,w]``
+    (``temporal=False``: frames as independent images, Dreamix).
+
+    It wraps a diffusers UNet (``_core``) whose children are registered as its own (so ``state_dict()`` keys are the
+    core's), and exposes its config, dtype, device, training mode and gradient checkpointing. Implementations:
+    :class:`~.inflate.InflatedUNet`, :class:`~.animatediff.MotionUNet`.
+
+    Attributes every implementation has (recorded in delta metadata, byte-stable):
+        attention: the spatial self-attention variant's name (``"animatediff"`` on the AnimateDiff base).
+        attention_options: its options (FFAM: ``{"pool_size": p}``), a dict.
+        temporal: the temporal-layer kind (``"tune-a-video"``, ``"ei2-stam"``, ``"animatediff"``).
+    """
+
+    attention: str
+    attention_options: dict
+    temporal: str
 
     def __init__(self, core: nn.Module):
         super().__init__()
         for name, child in core.named_children():
             self.add_module(name, child)
         object.__setattr__(self, "_core", core)  # not a child: its children are ours already
+
+    @property
+    @abstractmethod
+    def base(self) -> NetworkBase:
+        """Which base this network is."""
+
+    @abstractmethod
+    def clone(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> VideoNetwork:
+        """A new network over the same weights (new ``Parameter`` objects; storage shared unless moved/cast)."""
+
+    @abstractmethod
+    def with_attention(self, variant: str, options: dict | None = None) -> VideoNetwork:
+        """A clone (weights shared) whose spatial self-attention is ``variant`` with ``options``."""
+
+    @abstractmethod
+    def with_temporal(self, kind: str) -> VideoNetwork:
+        """A clone (weights shared) whose temporal layers are of ``kind``."""
+
+    @abstractmethod
+    def temporal_parameters(self) -> dict[str, nn.Parameter]:
+        """The temporal layers' tensors (inflation's ``attn_temp``/``norm_temp``, or the motion module), by name."""
+
+    @abstractmethod
+    def added_parameters(self) -> dict[str, nn.Parameter]:
+        """Tensors a tuned-weights delta carries besides the tuned ones (what the base file does not hold)."""
 
     @property
     def config(self):
@@ -65,13 +120,11 @@ class VideoNetwork(nn.Module):
         self._core.disable_gradient_checkpointing()
 
 
-def retarget(core: nn.Module, device=None, dtype=None, context: FrameContext | None = None) -> None:
+def retarget(core: nn.Module, device=None, dtype=None) -> None:
     """Give every parameter and buffer of ``core`` (a :func:`share_clone` copy) a new ``Parameter``/tensor, on
     ``device``/``dtype`` where given (storage shared otherwise), and every attention module its own processor
-    object; layers that read a :class:`FrameContext` get ``context``. Shared by every video UNet's ``clone``."""
+    object. Shared by every video UNet's ``clone``."""
     for m in core.modules():
-        if context is not None and isinstance(getattr(m, "context", None), FrameContext):
-            m.context = context
         if isinstance(m, Attention):
             m.set_processor(copy.copy(m.processor))
         for name, p in m._parameters.items():

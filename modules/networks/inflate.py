@@ -10,6 +10,12 @@ Tune-A-Video (Wu et al., ICCV 2023), Sec. 4.1, as implemented by its ``UNet3DCon
   statistics are pooled over *all frames* of a clip. The transformers' GroupNorm runs per frame. A frames-as-batch
   2D UNet would normalise every frame alone; :class:`FrameGroupNorm` reproduces the reference instead.
 
+How the layers learn the clip length: :meth:`InflatedUNet.forward` passes ``num_frames``, the latent size and the
+temporal on/off flag as diffusers' ``cross_attention_kwargs`` (:func:`frame_kwargs`), which ``UNet2DConditionModel``
+hands to every transformer block (as diffusers hands ``num_frames`` to ``UNetMotionModel``'s blocks); the blocks pass
+``num_frames``/``frame_size`` to their attention processors and norms as arguments. Only the ResNets' GroupNorms,
+which diffusers calls as ``norm(x)``, read it from a :class:`~.norms.FrameScope` that ``forward`` opens and closes.
+
 The 2D weights are shared with the input UNet, never copied and never modified: :func:`share_clone` builds a new
 module tree over the same ``Parameter`` objects. Tuning later gives the trainable tensors their own copies
 (:func:`own_parameter`). ``InflatedUNet.state_dict()`` keys equal the reference's, so Tune-A-Video checkpoints load
@@ -38,8 +44,8 @@ from .attention import (
     TemporalAttnProcessor,
     level_grid,
 )
-from .base import VideoNetwork, retarget, share_clone
-from .norms import FrameContext, FrameGroupNorm, InstanceCentering, MixedLayerNorm
+from .base import NetworkBase, VideoNetwork, retarget, share_clone
+from .norms import FrameGroupNorm, FrameScope, InstanceCentering, MixedLayerNorm, checkpoint_in_frame_scope
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,13 @@ def variant_options(attention: str, **values) -> dict:
 TEMPORAL_VARIANTS = ("tune-a-video", "ei2-stam")
 
 
+def frame_kwargs(num_frames: int, latent_size: tuple[int, int] | None = None, temporal: bool = True) -> dict:
+    """The ``cross_attention_kwargs`` that tell :class:`VideoTransformerBlock` what it runs on: ``num_frames`` per
+    clip, the latent's ``(h, w)`` (FFAM's token grids) and whether the temporal layers run (False: frames are
+    independent images, Dreamix)."""
+    return {"num_frames": int(num_frames), "latent_size": latent_size, "temporal": bool(temporal)}
+
+
 def attention_processor(attention: str, options: dict | None = None):
     """A new ``attn1`` processor for variant ``attention`` with its ``options`` (e.g. ``{"pool_size": 4}``)."""
     _check_variant(attention)
@@ -85,7 +98,7 @@ class VideoTransformerBlock(nn.Module):
     ``ff``) plus ``norm_temp`` and ``attn_temp``. Token layout: ``(b f) n c``.
     """
 
-    def __init__(self, block: BasicTransformerBlock, context: FrameContext, attention: str = "tune-a-video",
+    def __init__(self, block: BasicTransformerBlock, attention: str = "tune-a-video",
                  attention_options: dict | None = None, temporal: str = "tune-a-video"):
         super().__init__()
         norms = (block.norm1, block.norm2, block.norm3)
@@ -110,7 +123,6 @@ class VideoTransformerBlock(nn.Module):
         nn.init.zeros_(self.attn_temp.to_out[0].weight)
         nn.init.zeros_(self.attn_temp.to_out[0].bias)
         self.norm_temp = MixedLayerNorm(nn.LayerNorm(dim).to(device=param.device, dtype=param.dtype))
-        self.context = context
         if temporal != "tune-a-video":
             self.set_temporal(temporal)
 
@@ -118,7 +130,7 @@ class VideoTransformerBlock(nn.Module):
         """Make the temporal layer Tune-A-Video's (LayerNorm + softmax) or EI²'s STAM (Instance Centering +
         normalised mapping). ``attn_temp``'s weights are kept; a new LayerNorm starts at identity (ones, zeros)."""
         if temporal == "ei2-stam":
-            self.norm_temp = InstanceCentering(self.context)
+            self.norm_temp = InstanceCentering()
             self.attn_temp.set_processor(StamTemporalAttnProcessor())
         elif temporal == "tune-a-video":
             if not isinstance(self.norm_temp, nn.LayerNorm):
@@ -133,16 +145,19 @@ class VideoTransformerBlock(nn.Module):
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 timestep=None, cross_attention_kwargs=None, class_labels=None, added_cond_kwargs=None):
-        """``hidden_states``: ``[(b f), n, c]``; ``encoder_hidden_states``: ``[(b f), m, d]``."""
-        f = self.context.num_frames
-        grid = level_grid(self.context.latent_size, hidden_states.shape[1]) if f > 1 else None
+        """``hidden_states``: ``[(b f), n, c]``; ``encoder_hidden_states``: ``[(b f), m, d]``;
+        ``cross_attention_kwargs``: :func:`frame_kwargs` (absent: one frame, the image model)."""
+        kw = cross_attention_kwargs or {}
+        f, latent_size = int(kw.get("num_frames", 1)), kw.get("latent_size")
+        grid = level_grid(latent_size, hidden_states.shape[1]) if f > 1 and latent_size else None
         h = self.attn1(self.norm1(hidden_states), num_frames=f, frame_size=grid) + hidden_states
         if self.attn2 is not None:
             h = self.attn2(self.norm2(h), encoder_hidden_states=encoder_hidden_states, num_frames=f) + h
         h = self.ff(self.norm3(h)) + h
-        if not self.context.temporal:  # frames as independent images (Dreamix's masked temporal attention)
+        if not kw.get("temporal", True):  # frames as independent images (Dreamix's masked temporal attention)
             return h
-        return self.attn_temp(self.norm_temp(h), num_frames=f) + h
+        normed = self.norm_temp(h, f) if isinstance(self.norm_temp, InstanceCentering) else self.norm_temp(h)
+        return self.attn_temp(normed, num_frames=f) + h
 
 
 class InflatedUNet(VideoNetwork):
@@ -152,10 +167,9 @@ class InflatedUNet(VideoNetwork):
     ``UNet3DConditionModel`` keys (``down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight``...).
     """
 
-    def __init__(self, core: UNet2DConditionModel, context: FrameContext, attention: str = "tune-a-video",
+    def __init__(self, core: UNet2DConditionModel, attention: str = "tune-a-video",
                  attention_options: dict | None = None, temporal: str = "tune-a-video"):
         super().__init__(core)
-        self.context = context
         self.attention = attention  # key of ATTENTION_VARIANTS used by every attn1
         self.attention_options = dict(attention_options or {})  # its options (FFAM: pool_size)
         self.temporal = temporal  # one of TEMPORAL_VARIANTS
@@ -172,11 +186,20 @@ class InflatedUNet(VideoNetwork):
         t = torch.as_tensor(timestep, device=sample.device)
         t = repeat(t.reshape(-1).expand(b), "b -> (b f)", f=f)
         context = repeat(encoder_hidden_states, "b n d -> (b f) n d", f=f)
-        self.context.num_frames = f  # left set: gradient checkpointing recomputes during backward
-        self.context.latent_size = tuple(sample.shape[-2:])
-        self.context.temporal = bool(temporal)
-        out = self._core(rearrange(sample, "b c f h w -> (b f) c h w"), t, context, return_dict=False)[0]
+        frames = frame_kwargs(f, tuple(sample.shape[-2:]), temporal)
+        with FrameScope(f):  # the ResNets' GroupNorms: diffusers gives them no argument channel
+            out = self._core(rearrange(sample, "b c f h w -> (b f) c h w"), t, context, return_dict=False,
+                             cross_attention_kwargs=frames)[0]
         return rearrange(out, "(b f) c h w -> b c f h w", b=b)
+
+    @property
+    def base(self) -> NetworkBase:
+        return NetworkBase.INFLATED
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Checkpointing whose recomputation (during backward) sees the forward's frame count
+        (:func:`~.norms.checkpoint_in_frame_scope`)."""
+        self._core.enable_gradient_checkpointing(checkpoint_in_frame_scope)
 
     def temporal_parameters(self) -> dict[str, nn.Parameter]:
         """The tensors inflation added (``attn_temp``, ``norm_temp``), by state-dict name."""
@@ -195,34 +218,33 @@ class InflatedUNet(VideoNetwork):
         autograd can use them without a copy.
         """
         core = share_clone(self._core)
-        context = FrameContext()
         with torch.inference_mode(False):
-            retarget(core, device, dtype, context)
-        video = InflatedUNet(core, context, self.attention, self.attention_options, self.temporal)
+            retarget(core, device, dtype)
+        video = InflatedUNet(core, self.attention, self.attention_options, self.temporal)
         video.train(self.training)
         return video
 
-    def with_attention(self, attention: str, options: dict | None = None) -> InflatedUNet:
-        """A clone (weights shared) whose spatial self-attention is ``attention`` (a key of ATTENTION_VARIANTS) with
+    def with_attention(self, variant: str, options: dict | None = None) -> InflatedUNet:
+        """A clone (weights shared) whose spatial self-attention is ``variant`` (a key of ATTENTION_VARIANTS) with
         ``options`` (FFAM: ``{"pool_size": p}``)."""
-        attention_processor(attention, options)  # validates
+        attention_processor(variant, options)  # validates
         video = self.clone()
         for block in video.modules():
             if isinstance(block, VideoTransformerBlock):
-                block.attn1.set_processor(attention_processor(attention, options))
-        video.attention, video.attention_options = attention, dict(options or {})
+                block.attn1.set_processor(attention_processor(variant, options))
+        video.attention, video.attention_options = variant, dict(options or {})
         return video
 
-    def with_temporal(self, temporal: str) -> InflatedUNet:
-        """A clone (weights shared) whose temporal layers are ``temporal`` (one of TEMPORAL_VARIANTS). Switching to
+    def with_temporal(self, kind: str) -> InflatedUNet:
+        """A clone (weights shared) whose temporal layers are ``kind`` (one of TEMPORAL_VARIANTS). Switching to
         STAM drops ``norm_temp``'s tensors; switching back gives a fresh identity LayerNorm."""
-        if temporal not in TEMPORAL_VARIANTS:
-            raise ValueError(f"temporal={temporal!r}; expected one of {list(TEMPORAL_VARIANTS)}")
+        if kind not in TEMPORAL_VARIANTS:
+            raise ValueError(f"temporal={kind!r}; expected one of {list(TEMPORAL_VARIANTS)}")
         video = self.clone()
         for block in video.modules():
             if isinstance(block, VideoTransformerBlock):
-                block.set_temporal(temporal)
-        video.temporal = temporal
+                block.set_temporal(kind)
+        video.temporal = kind
         return video
 
 
@@ -267,21 +289,20 @@ def inflate_unet(unet2d: UNet2DConditionModel, init_seed: int = TEMPORAL_INIT_SE
 def _inflate(unet2d: UNet2DConditionModel, attention: str, attention_options: dict | None = None,
              temporal: str = "tune-a-video") -> InflatedUNet:
     core = share_clone(unet2d)
-    context = FrameContext()
     for module in list(core.modules()):
         if isinstance(module, ResnetBlock2D):
             if not isinstance(module.norm1, nn.GroupNorm) or module.time_embedding_norm != "default":
                 raise UnsupportedModelError("ResNet blocks with non-GroupNorm or scale-shift norms are not SD-like")
-            module.norm1 = FrameGroupNorm(module.norm1, context)
-            module.norm2 = FrameGroupNorm(module.norm2, context)
+            module.norm1 = FrameGroupNorm(module.norm1)
+            module.norm2 = FrameGroupNorm(module.norm2)
         blocks = getattr(module, "transformer_blocks", None)
         if isinstance(blocks, nn.ModuleList):
             if isinstance(getattr(module, "norm", None), nn.GroupNorm):
-                module.norm = FrameGroupNorm(module.norm, context, pool_frames=False)
+                module.norm = FrameGroupNorm(module.norm, pool_frames=False)
             for i, block in enumerate(blocks):
-                blocks[i] = VideoTransformerBlock(block, context, attention, attention_options, temporal)
-    core.conv_norm_out = FrameGroupNorm(core.conv_norm_out, context)
-    video = InflatedUNet(core, context, attention, attention_options, temporal).eval()
+                blocks[i] = VideoTransformerBlock(block, attention, attention_options, temporal)
+    core.conv_norm_out = FrameGroupNorm(core.conv_norm_out)
+    video = InflatedUNet(core, attention, attention_options, temporal).eval()
     for p in video.temporal_parameters().values():  # shared 2D parameters keep their flags
         p.requires_grad_(False)
     return video

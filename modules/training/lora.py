@@ -39,6 +39,7 @@ from ..files.atomic import atomic_write
 from ..files.reader import read_safetensors
 from ..finite import check_finite_tensors
 from ..networks.animatediff import MOTION_MARKER, original_key
+from ..networks.base import NetworkBase, VideoNetwork
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,10 @@ TEMPORAL_TARGETS = {
 KOHYA_PREFIX = "lora_unet_"
 
 
-def base_kind(unet: nn.Module) -> str:
-    """``animatediff`` for a :class:`~.animatediff.MotionUNet`, ``inflated`` for a Tune-A-Video ``InflatedUNet``."""
-    return "animatediff" if getattr(unet, "attention", "") == "animatediff" else "inflated"
+def base_kind(unet: VideoNetwork) -> str:
+    """The name LoRA files record for ``unet``'s base (:class:`~.base.NetworkBase` value): ``animatediff`` for a
+    :class:`~.animatediff.MotionUNet`, ``inflated`` for a Tune-A-Video ``InflatedUNet``."""
+    return unet.base.value
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,7 @@ def to_file_tensors(lora: LoRAWeights) -> dict[str, torch.Tensor]:
             out[f"{key}.alpha"] = torch.tensor(float(lora.alpha))
     else:
         for path, (down, up) in lora.layers.items():
-            name = original_key(path) if lora.base == "animatediff" else path
+            name = original_key(path) if NetworkBase(lora.base) is NetworkBase.ANIMATEDIFF else path
             key = _processor_key(name)
             out[f"{key}.down.weight"] = down
             out[f"{key}.up.weight"] = up * (lora.alpha / down.shape[0])  # the loader ignores alpha
@@ -271,7 +273,7 @@ def load_lora(path: str | os.PathLike, unet: nn.Module, kind: str) -> LoRAWeight
             stem = key[: -len(".down.weight")]
             module = _from_processor_key(stem)
             if MOTION_MARKER in "." + module and "temporal_transformer" in module:
-                if base != "animatediff":
+                if base != NetworkBase.ANIMATEDIFF.value:
                     raise ValueError(f"LoRA {path.name!r} is an AnimateDiff motion LoRA; this VIDEO_UNET is "
                                      f"{base} (build it with AnimateDiffVideoUNet)")
                 module = _diffusers_motion_path(module)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..defaults import TAV
 from ..finite import FiniteWatch
-from ..networks.base import own_parameter
+from ..networks.base import NetworkBase, own_parameter
 from ..networks.inflate import InflatedUNet
 from ..sampling.schedule import NoiseSchedule
 from ..video_unet import TuneRecord, VideoUNet
@@ -115,7 +115,7 @@ def patterns_for(unet, patterns: Sequence[str]) -> tuple[str, ...]:
     """Patterns written for the inflated UNet's temporal layer (``attn_temp``) on any base. An AnimateDiff UNet has no
     ``attn_temp``: there its temporal attentions are the motion modules' ``attn1``/``attn2``, which presets'
     ``attn1.*``/``attn2.*`` suffixes already select, so the ``attn_temp`` patterns are dropped."""
-    if getattr(unet, "attention", "") != "animatediff":
+    if unet.base is not NetworkBase.ANIMATEDIFF:
         return tuple(patterns)
     kept = tuple(p for p in patterns if "attn_temp" not in p)
     if not kept:

@@ -26,169 +26,17 @@ and 16x16 maps), per-row softmax (the reference subtracts one maximum over the w
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 
-from ...defaults import VP2P
-from ...networks.inflate import InflatedUNet, VideoTransformerBlock
+from ...networks.inflate import InflatedUNet
 from ...sampling.ddim import ddim_grid, ddim_loop
 from ...sampling.guidance import two_branch_guided
 from ...sampling.schedule import NoiseSchedule
+from .control import AttentionController, EditControl, controlled_unet
 from .prompt_align import MAX_TOKENS, refinement_mapper, replacement_mapper, token_weights, word_mask
 
 Callback = Callable[[int, int, dict], None]
-BLEND_BLOCKS = ("down_blocks.2.", "up_blocks.1.")  # cross-attention at 1/4 of the latent resolution (SD1.x/2.x)
-
-
-@dataclass(frozen=True)
-class EditControl:
-    """What to do with attention; token-level tensors come from :mod:`.prompt_align`.
-
-    Attributes:
-        word_swap: ``mapper`` is a ``[L, L]`` matrix (swap) or a ``[L]`` index vector with ``alphas`` (refine).
-        reweight: ``[L]`` multipliers of the edit prompt's tokens (ones: none).
-        blend_src, blend_edit: ``[L]`` 0/1 token masks of the blend words, or None for no local blend.
-    """
-
-    word_swap: bool
-    mapper: torch.Tensor
-    alphas: torch.Tensor | None = None
-    reweight: torch.Tensor | None = None
-    blend_src: torch.Tensor | None = None
-    blend_edit: torch.Tensor | None = None
-    cross_replace_steps: float = VP2P.cross_replace_steps  # run_videop2p.py default
-    self_replace_steps: float = VP2P.self_replace_steps
-    blend_threshold: float = VP2P.blend_threshold  # mask_th
-    start_blend: float = 0.2
-
-
-@dataclass
-class _State:
-    step: int = 0
-    store: dict[str, torch.Tensor] = field(default_factory=dict)  # blend-layer cross maps, summed over steps
-
-
-class AttentionController:
-    """Shared by the controlled processors of one sampling run; edits the conditional half of the batch."""
-
-    def __init__(self, control: EditControl, steps: int):
-        self.control = control
-        self.state = _State()
-        self.cross_until = int(control.cross_replace_steps * (steps + 1))
-        self.self_until = int(control.self_replace_steps * steps)
-        self.blend_from = int(control.start_blend * steps)
-
-    def cross(self, probs: torch.Tensor, name: str, blend_layer: bool) -> torch.Tensor:
-        """``probs`` ``[4, f, h, n, L]`` (batch = uncond src/edit, cond src/edit) -> edited."""
-        c = self.control
-        if self.state.step < self.cross_until:
-            src, edit = probs[2], probs[3]
-            if c.word_swap:
-                new = torch.einsum("fhnl,lm->fhnm", src, c.mapper.to(src))
-            else:
-                a = c.alphas.to(src)
-                new = src[..., c.mapper.to(src.device)] * a + edit * (1 - a)
-            if c.reweight is not None:
-                new = new * c.reweight.to(src)
-            probs = torch.cat([probs[:3], new[None]])
-        if blend_layer:  # kept for local blend and for the attention-map view
-            cond = probs[2:].detach()
-            self.state.store[name] = self.state.store[name] + cond if name in self.state.store else cond.clone()
-        return probs
-
-    def temporal(self, probs: torch.Tensor) -> torch.Tensor:
-        """``probs`` ``[4, d, h, f, f]`` (frame-to-frame maps per spatial position) -> edited."""
-        if self.state.step < self.self_until:
-            probs = torch.cat([probs[:3], probs[2:3]])
-        return probs
-
-    def blend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Local blend of ``x`` ``[2, c, f, h, w]`` after a step; returns (x, mask ``[2, 1, f, h, w]`` or None)."""
-        c = self.control
-        if c.blend_src is None or self.state.step < self.blend_from or not self.state.store:
-            return x, None
-        _, _, f, h, w = x.shape
-        m = self.word_maps(torch.stack([c.blend_src, c.blend_edit]), h)  # [2, f, h/4, w/4]
-        m = F.max_pool2d(m, kernel_size=3, stride=1, padding=1)
-        m = F.interpolate(m, size=(h, w))
-        m = m / m.amax(dim=(2, 3), keepdim=True)
-        mask = m > c.blend_threshold
-        mask = (mask[:1] | mask).float()[:, None]  # [2, 1, f, h, w]
-        return x[:1] + mask * (x - x[:1]), mask
-
-
-    def word_maps(self, words: torch.Tensor, latent_height: int) -> torch.Tensor:
-        """Cross-attention of token masks ``words`` ``[2, L]`` (one per branch), summed over the steps so far and
-        averaged over the heads of every layer at 1/4 of the latent resolution: ``[2, f, h/4, w/4]``."""
-        maps = [rearrange(m, "b f k (y x) l -> b f k y x l", y=latent_height // 4) for m in self.state.store.values()]
-        maps = torch.cat(maps, dim=2)  # heads of every layer
-        return (maps * words.to(maps)[:, None, None, None, None, :]).sum(-1).mean(2)
-
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    return rearrange(x, "b n (h d) -> b h n d", h=heads)
-
-
-def _probs(attn, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Attention probabilities ``[B, h, n, m]`` (per-row softmax; fp32 when the module asks to upcast)."""
-    q, k = _heads(q, attn.heads), _heads(k, attn.heads)
-    if attn.upcast_attention:
-        q, k = q.float(), k.float()
-    return (q @ k.transpose(-1, -2) * attn.scale).softmax(dim=-1)
-
-
-def _out(attn, probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    out = probs.to(v.dtype) @ _heads(v, attn.heads)
-    return attn.to_out[1](attn.to_out[0](rearrange(out, "b h n d -> b n (h d)")))
-
-
-class ControlledCrossAttnProcessor:
-    """Cross-attention whose probabilities pass through an :class:`AttentionController` (``attn2``)."""
-
-    def __init__(self, controller: AttentionController, name: str, blend_layer: bool):
-        self.controller, self.name, self.blend_layer = controller, name, blend_layer
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 num_frames: int = 1):
-        """``hidden_states`` ``[(b f), n, c]``, ``encoder_hidden_states`` ``[(b f), L, d]`` with ``b = 4``."""
-        probs = _probs(attn, attn.to_q(hidden_states), attn.to_k(encoder_hidden_states))
-        probs = rearrange(probs, "(b f) h n l -> b f h n l", f=num_frames)
-        probs = self.controller.cross(probs, self.name, self.blend_layer)
-        probs = rearrange(probs, "b f h n l -> (b f) h n l")
-        return _out(attn, probs, attn.to_v(encoder_hidden_states))
-
-
-class ControlledTemporalAttnProcessor:
-    """Temporal attention whose frame-to-frame maps pass through an :class:`AttentionController` (``attn_temp``)."""
-
-    def __init__(self, controller: AttentionController):
-        self.controller = controller
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 num_frames: int = 1):
-        """``hidden_states`` ``[(b f), d, c]`` with ``b = 4`` -> same shape."""
-        d = hidden_states.shape[1]
-        x = rearrange(hidden_states, "(b f) d c -> (b d) f c", f=num_frames)
-        probs = rearrange(_probs(attn, attn.to_q(x), attn.to_k(x)), "(b d) h f g -> b d h f g", d=d)
-        probs = rearrange(self.controller.temporal(probs), "b d h f g -> (b d) h f g")
-        return rearrange(_out(attn, probs, attn.to_v(x)), "(b d) f c -> (b f) d c", d=d)
-
-
-def controlled_unet(unet: InflatedUNet, controller: AttentionController) -> InflatedUNet:
-    """A clone of ``unet`` (weights shared) whose ``attn2`` and ``attn_temp`` report to ``controller``."""
-    if getattr(unet, "temporal", "tune-a-video") != "tune-a-video":
-        raise ValueError(f"Video-P2P controls Tune-A-Video's temporal attention; this VIDEO_UNET uses "
-                         f"{unet.temporal!r} temporal layers (inflate with temporal_layer tune-a-video)")
-    video = unet.clone()
-    for name, module in video.named_modules():
-        if isinstance(module, VideoTransformerBlock):
-            blend = name.startswith(BLEND_BLOCKS)
-            module.attn2.set_processor(ControlledCrossAttnProcessor(controller, name, blend))
-            module.attn_temp.set_processor(ControlledTemporalAttnProcessor(controller))
-    return video
 
 
 @torch.no_grad()
@@ -261,24 +109,3 @@ def edit_control(source: str, edit: str, tokenize, decode, word_swap: bool, blen
         blend_edit = word_mask(edit, blend[1], tokenize, decode, role="blend (edit)")
     return EditControl(word_swap=word_swap, mapper=mapper, alphas=alphas, reweight=weights, blend_src=blend_src,
                        blend_edit=blend_edit, **settings)
-
-
-def attention_image(controller: AttentionController, control: EditControl, latent_height: int) -> torch.Tensor:
-    """The accumulated cross-attention of the blend words (source row, edit row) and the reweighted words (edit
-    row) over the frames, as a ComfyUI IMAGE ``[1, H, W, 3]`` (each map scaled to 0..1, 4x nearest upsampled,
-    2-pixel gaps). A blank 8x8 image when no word was chosen."""
-    rows = []
-    if control.blend_src is not None:
-        rows += [(0, control.blend_src), (1, control.blend_edit)]
-    if control.reweight is not None and bool((control.reweight != 1).any()):
-        rows.append((1, (control.reweight != 1).float()))
-    if not rows or not controller.state.store:
-        return torch.zeros(1, 8, 8, 3)
-    tiles = []
-    for branch, words in rows:
-        m = controller.word_maps(torch.stack([words, words]), latent_height)[branch]  # [f, y, x]
-        m = m / m.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-        m = F.interpolate(m[:, None], scale_factor=4, mode="nearest")[:, 0]
-        tiles.append(torch.cat([F.pad(frame, (0, 2, 0, 2)) for frame in m], dim=1))
-    grid = torch.cat(tiles, dim=0).clamp(0, 1)
-    return grid[None, :, :, None].expand(-1, -1, -1, 3).float().cpu()
