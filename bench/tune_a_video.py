@@ -18,7 +18,8 @@ from common import bench_parser, build_video_model, count_flops, describe, peak_
 from tunevideo.modules.methods.tune_a_video import TUNE_A_VIDEO_PRESETS as PRESETS
 from tunevideo.modules.networks.inflate import inflate_unet
 from tunevideo.modules.sampling.guidance import guided_output
-from tunevideo.modules.training.tune import TuneConfig, autocast_dtype, denoising_loss, prepare_unet, select_trainable
+from tunevideo.modules.training.trainable import select_trainable
+from tunevideo.modules.training.tune import TuneConfig, autocast_dtype, denoising_loss, prepare_unet
 
 H100_BF16_DENSE = 989e12  # NVIDIA H100 SXM, dense bf16 tensor-core peak
 

@@ -74,7 +74,7 @@ def main() -> None:
 
 def _project(a, flops_null, flops_edit) -> None:
     from tunevideo.modules.methods.tune_a_video import TUNE_A_VIDEO_PRESETS
-    from tunevideo.modules.training.tune import select_trainable
+    from tunevideo.modules.training.trainable import select_trainable
 
     model, ctx_dim = build_video_model(a.size, "meta", torch.float32)
     unet = model.network.with_attention("video-p2p")

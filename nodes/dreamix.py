@@ -17,7 +17,8 @@ from ..modules.methods.dreamix import (
     stack_images,
 )
 from ..modules.training.memory import OPTIMIZERS
-from ..modules.training.tune import PRECISIONS, parse_patterns
+from ..modules.training.trainable import parse_patterns
+from ..modules.training.tune import PRECISIONS
 from . import host
 from .boundary import VIDEO_UNET, conditioning_entries, latent_to_video, video_to_latent
 from .common import seed_input

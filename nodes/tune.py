@@ -7,7 +7,8 @@ from ..modules.files.plot import loss_curve_image
 from ..modules.methods.dreamix import DREAMIX_PRESETS
 from ..modules.methods.tune_a_video import TUNE_A_VIDEO_PRESETS, tune_a_video
 from ..modules.training.memory import GIB, check_fits, tune_estimate
-from ..modules.training.tune import PRECISIONS, TuneConfig, parse_patterns
+from ..modules.training.trainable import parse_patterns
+from ..modules.training.tune import PRECISIONS, TuneConfig
 from . import host
 from .boundary import VIDEO_UNET, conditioning_tensor, latent_to_video, parked
 from .common import seed_input

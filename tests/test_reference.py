@@ -69,7 +69,7 @@ def test_trainable_presets_equal_what_the_reference_trains(preset, case):
     """tune-a-video = the paper's set (every block); tune-a-video-reference = the tensors that receive a gradient in
     the official code, whose re-entrant checkpointing starves the down blocks (fixture made by running it)."""
     from tunevideo.modules.methods.tune_a_video import TUNE_A_VIDEO_PRESETS as PRESETS
-    from tunevideo.modules.training.tune import select_trainable
+    from tunevideo.modules.training.trainable import select_trainable
 
     video = _reference_model()
     names = select_trainable(video, PRESETS[preset])

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import CTX_DIM
 from tunevideo.modules.methods.tune_a_video import TUNE_A_VIDEO_PRESETS
-from tunevideo.modules.training.tune import TuneConfig, denoising_loss, parse_patterns, select_trainable, tune
+from tunevideo.modules.training.trainable import parse_patterns, select_trainable
+from tunevideo.modules.training.tune import TuneConfig, denoising_loss, tune
 
 FAST = dict(steps=12, learning_rate=1e-3, seed=0, gradient_checkpointing=False)
 

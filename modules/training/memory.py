@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .trainable import patterns_for, select_trainable
+
 logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "adafactor")
@@ -149,8 +151,6 @@ def autocast_size_dtype(mixed_precision: str, device: torch.device | str) -> tor
 
 def tune_estimate(network: torch.nn.Module, latent_shape: Sequence[int], config, device) -> MemoryEstimate:
     """:func:`estimate` for the tuning loop (:func:`~.tune.tune`) with a :class:`~.tune.TuneConfig`."""
-    from .tune import patterns_for, select_trainable
-
     names = select_trainable(network, patterns_for(network, config.trainable))
     lora = lora_shapes(network, names, config.lora_rank) if config.lora_rank else ()
     shape = (config.batch_size, *latent_shape[1:])

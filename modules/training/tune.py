@@ -21,9 +21,8 @@ the input model is never modified, also when the loop is interrupted (the callba
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -31,12 +30,13 @@ import torch.nn.functional as F
 
 from ..defaults import TAV
 from ..finite import FiniteWatch
-from ..networks.base import NetworkBase, own_parameter
+from ..networks.base import own_parameter
 from ..networks.inflate import InflatedUNet
 from ..sampling.schedule import NoiseSchedule
 from ..video_unet import TuneRecord, VideoUNet
 from .lora import add_lora, merged_weights
 from .memory import OPTIMIZERS, make_optimizer
+from .trainable import patterns_for, select_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -98,50 +98,6 @@ BatchPolicy = Callable[[int, torch.Tensor, torch.Tensor], StepBatch]
 def video_batches(step: int, video: torch.Tensor, context: torch.Tensor) -> StepBatch:
     """The default policy: every step trains on the clip as a video, temporal layers on."""
     return StepBatch(video, context)
-
-
-def parse_patterns(text: str | Sequence[str], presets: Mapping[str, tuple[str, ...]] | None = None
-                   ) -> tuple[str, ...]:
-    """A preset name (a key of ``presets``, e.g. ``"tune-a-video"``) or comma/newline-separated module-name
-    patterns."""
-    if isinstance(text, str):
-        if presets and text.strip() in presets:
-            return tuple(presets[text.strip()])
-        text = text.replace("\n", ",").split(",")
-    return tuple(p.strip() for p in text if p.strip())
-
-
-def patterns_for(unet, patterns: Sequence[str]) -> tuple[str, ...]:
-    """Patterns written for the inflated UNet's temporal layer (``attn_temp``) on any base. An AnimateDiff UNet has no
-    ``attn_temp``: there its temporal attentions are the motion modules' ``attn1``/``attn2``, which presets'
-    ``attn1.*``/``attn2.*`` suffixes already select, so the ``attn_temp`` patterns are dropped."""
-    if unet.base is not NetworkBase.ANIMATEDIFF:
-        return tuple(patterns)
-    kept = tuple(p for p in patterns if "attn_temp" not in p)
-    if not kept:
-        raise ValueError("trainable names only attn_temp, which an AnimateDiff VIDEO_UNET does not have; use "
-                         "'motion_modules' for its temporal layers")
-    return kept
-
-
-def select_trainable(unet: torch.nn.Module, patterns: Iterable[str]) -> list[str]:
-    """State-dict names of the parameters inside modules matching ``patterns``.
-
-    A pattern matches a module whose dotted name *ends with* it (as in the reference's ``trainable_modules``), or,
-    if it contains ``*``/``?``, whose name matches it as a glob. Raises if a pattern matches nothing.
-    """
-    patterns = list(patterns)
-    modules = dict(unet.named_modules())
-    names: set[str] = set()
-    for pat in patterns:
-        glob = any(c in pat for c in "*?[")
-        hits = [m for m in modules if m and (fnmatch.fnmatchcase(m, pat) if glob else m.endswith(pat))]
-        if not hits:
-            raise ValueError(f"trainable pattern {pat!r} matches no module of the UNet "
-                             "(module names look like 'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q')")
-        for m in hits:
-            names.update(f"{m}.{p}" for p, _ in modules[m].named_parameters())
-    return sorted(names)
 
 
 def autocast_dtype(requested: str, device: torch.device) -> torch.dtype | None:
