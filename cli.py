@@ -28,8 +28,8 @@ import torch
 from .modules.build import decode_latents, encode_frames, video_model_from_checkpoint
 from .modules.convert.unet import unet_to_ldm
 from .modules.defaults import TAV
+from .modules.deltas import save_delta
 from .modules.files.atomic import atomic_write, unique_path
-from .modules.files.deltas import save_delta
 from .modules.files.plot import loss_curve_image
 from .modules.methods.tune_a_video import tune_a_video
 from .modules.networks.inflate import inflate_unet

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..modules.files.deltas import load_delta, save_delta
+from ..modules.deltas import load_delta, save_delta
 from . import host
 from .boundary import VIDEO_UNET
 from .common import save_path

@@ -8,7 +8,7 @@ from conftest import CTX_DIM
 from safetensors.torch import save_file
 from tunevideo.modules.convert.identity import unet_hash
 from tunevideo.modules.convert.unet import unet_to_ldm
-from tunevideo.modules.files.deltas import BaseMismatchError, load_delta, read_delta, save_delta
+from tunevideo.modules.deltas import BaseMismatchError, load_delta, read_delta, save_delta
 from tunevideo.modules.training.tune import TuneConfig, tune
 
 

@@ -9,7 +9,7 @@ import torch
 from tunevideo import cli
 from tunevideo.modules.build import video_model_from_checkpoint
 from tunevideo.modules.convert.checkpoint import load_checkpoint
-from tunevideo.modules.files.deltas import load_delta, read_delta
+from tunevideo.modules.deltas import load_delta, read_delta
 from tunevideo.modules.files.video_io import probe_video
 from tunevideo.tiny import write_tiny_checkpoint
 

@@ -203,7 +203,7 @@ def test_api_workflow_runs_and_tuned_weights_reload(host):
     # the base-model hash, and the weights apply.
     from tunevideo.modules.build import video_model_from_checkpoint
     from tunevideo.modules.convert.checkpoint import load_checkpoint
-    from tunevideo.modules.files.deltas import load_delta, read_delta
+    from tunevideo.modules.deltas import load_delta, read_delta
 
     comp = load_checkpoint(base / "models" / "checkpoints" / "tiny-sd15.safetensors", dtype=torch.float32,
                            tokenizer_dir=None if os.environ.get("COMFYUI_PATH") is None else None)
@@ -289,7 +289,7 @@ def test_video_p2p_workflow_runs(host):
     webp = outputs["10"]["images"][0]
     assert (base / "output" / webp["subfolder"] / webp["filename"]).stat().st_size > 0
     assert outputs["14"]["images"] and outputs["15"]["images"]  # source reconstruction, attention view
-    from tunevideo.modules.files.deltas import read_delta
+    from tunevideo.modules.deltas import read_delta
 
     _, meta = read_delta(base / "models" / "tunevideo" / "video_p2p" / "rabbit-jump_00001.safetensors")
     assert meta["attention"] == "video-p2p"
@@ -447,7 +447,7 @@ def test_dreamix_and_ei2_workflows_run(host):
         result = _wait(reply["prompt_id"], url, timeout=900)
         assert result["status"]["status_str"] == "success", (name, json.dumps(result["status"])[-3000:])
         assert any(out.get("images") for out in result["outputs"].values()), name
-    from tunevideo.modules.files.deltas import read_delta
+    from tunevideo.modules.deltas import read_delta
 
     _, meta = read_delta(base / "models" / "tunevideo" / "ei2" / "man-skiing_00001.safetensors")
     assert (meta["attention"], meta["temporal"]) == ("ei2-ffam", "ei2-stam")

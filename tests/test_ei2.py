@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import CTX_DIM
 from einops import rearrange
-from tunevideo.modules.files.deltas import load_delta, read_delta, save_delta
+from tunevideo.modules.deltas import load_delta, read_delta, save_delta
 from tunevideo.modules.methods.ei2 import covariate_shift
 from tunevideo.modules.networks.attention import (
     FineCoarseAttnProcessor,

@@ -202,7 +202,7 @@ def test_nodes_train_save_load_and_mix_noise(tmp_path, monkeypatch, ad_model):
 
 
 def test_a_tuned_animatediff_unet_saves_and_reloads_as_a_delta(tmp_path, ad_model, tiny_video_model):
-    from tunevideo.modules.files.deltas import BaseMismatchError, load_delta, save_delta
+    from tunevideo.modules.deltas import BaseMismatchError, load_delta, save_delta
 
     x, c = clip(10)
     res = train(ad_model, [x], [c], MotionDirectorConfig(steps=1, paths="temporal", lr_temporal=1e-2, **FAST))

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..convert.identity import fingerprints_match, same_up_to_storage
-from ..finite import check_finite_tensors
-from ..networks.base import NetworkBase
-from ..networks.inflate import ATTENTION_VARIANTS, TEMPORAL_MARKER, TEMPORAL_VARIANTS
-from ..video_unet import TuneRecord, VideoUNet
-from . import PICKLE_SUFFIXES
-from .atomic import atomic_write
-from .reader import read_safetensors
+from .convert.identity import fingerprints_match, same_up_to_storage
+from .files import PICKLE_SUFFIXES
+from .files.atomic import atomic_write
+from .files.reader import read_safetensors
+from .finite import check_finite_tensors
+from .networks.base import NetworkBase
+from .networks.inflate import ATTENTION_VARIANTS, TEMPORAL_MARKER, TEMPORAL_VARIANTS
+from .video_unet import TuneRecord, VideoUNet
 
 logger = logging.getLogger(__name__)
 
