@@ -50,9 +50,11 @@ def _timed(fn, device: str) -> tuple[float, float]:
 
 def run(s: Sizes, device: str) -> list[tuple[str, str, float, float, float]]:
     """Rows ``(phase, shape, seconds per step, projected seconds of the full schedule, peak GiB)``."""
+    from tunevideo.modules.methods.dreamix import DREAMIX_PRESETS, DreamixConfig, dreamix_finetune
+    from tunevideo.modules.methods.tune_a_video import TUNE_A_VIDEO_PRESETS, tune_a_video
     from tunevideo.modules.methods.video_p2p.null_text import NullTextConfig, null_text_invert
     from tunevideo.modules.sampling.ddim import ddim_invert, sample
-    from tunevideo.modules.training.tune import PRESETS, TuneConfig, tune
+    from tunevideo.modules.training.tune import TuneConfig
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     model, ctx_dim = build_video_model(s.unet, device, dtype)
@@ -70,10 +72,10 @@ def run(s: Sizes, device: str) -> list[tuple[str, str, float, float, float]]:
     n = s.steps
     clip = f"{s.frames}x{s.pixels}²"
     short = f"{s.short}x{s.pixels}²"
-    cfg = TuneConfig(steps=n, trainable=PRESETS["tune-a-video"], gradient_checkpointing=True)
+    cfg = TuneConfig(steps=n, trainable=TUNE_A_VIDEO_PRESETS["tune-a-video"], gradient_checkpointing=True)
     tuned = {}
-    add("Tune-A-Video tune (tune-a-video)", clip, lambda: tuned.update(m=tune(model, x, c, cfg, device=device)[0]),
-        n, 500)
+    add("Tune-A-Video tune (tune-a-video)", clip,
+        lambda: tuned.update(m=tune_a_video(model, x, c, cfg, device=device)[0]), n, 500)
     fn = tuned["m"].model_fn(device)
     add("Tune-A-Video invert", clip, lambda: ddim_invert(fn, model.schedule, x, u, steps=n), n, 50)
     add("Tune-A-Video sample (cfg)", clip, lambda: sample(fn, model.schedule, x, c, u, steps=n, cfg=12.5), n, 50)
@@ -81,10 +83,10 @@ def run(s: Sizes, device: str) -> list[tuple[str, str, float, float, float]]:
     p2p_fn = model.replace(network=p2p).model_fn(device)
     nt = NullTextConfig(steps=n, inner_steps=s.inner, early_stop_epsilon=-1.0)
     add("Video-P2P null-text inversion", short, lambda: null_text_invert(p2p_fn, model.schedule, xs, c, u, nt), n, 50)
-    dx = TuneConfig(steps=2 * n, trainable=PRESETS["dreamix-attention"], image_ratio=0.5, gradient_checkpointing=True,
-                    method="dreamix")
-    add("Dreamix finetune (dreamix-attention, mixed)", short, lambda: tune(model, xs, c, dx, device=device), 2 * n,
-        300)
+    dx = DreamixConfig(steps=2 * n, trainable=DREAMIX_PRESETS["dreamix-attention"], image_ratio=0.5,
+                       gradient_checkpointing=True)
+    add("Dreamix finetune (dreamix-attention, mixed)", short,
+        lambda: dreamix_finetune(model, xs, c, dx, device=device), 2 * n, 300)
     rows += _motion_director(s, device, dtype, ctx_dim)
     rows += _clip(s, device)
     return rows

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from tunevideo.modules.training import memory
-from tunevideo.modules.training.tune import PRESETS, TuneConfig, tune
+from tunevideo.modules.training.tune import TuneConfig, tune
+from tunevideo.nodes.tune import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"gradient_checkpointing": False, "learning_rate": 1e-3, "seed": 0}

@@ -18,7 +18,8 @@ from tunevideo.modules.convert.unet import diffusers_config_from_unet_config  # 
 from tunevideo.modules.defaults import DREAMIX, TAV  # noqa: E402
 from tunevideo.modules.methods.motion_director import MotionDirectorConfig  # noqa: E402
 from tunevideo.modules.training.memory import GIB, lora_train_estimate, tune_estimate  # noqa: E402
-from tunevideo.modules.training.tune import PRESETS, TuneConfig  # noqa: E402
+from tunevideo.modules.training.tune import TuneConfig  # noqa: E402
+from tunevideo.nodes.tune import PRESETS  # noqa: E402
 
 SD15 = {"model_channels": 320, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2] * 4,
         "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1, "context_dim": 768,
