@@ -191,3 +191,34 @@ def test_no_private_name_is_imported_across_files():
 def test_no_engine_file_over_the_line_limit():
     long = {_rel(p): n for p in _engine_files() if (n := len(p.read_text().splitlines())) > MAX_ENGINE_LINES}
     assert not long, f"engine files over {MAX_ENGINE_LINES} lines (split them): {long}"
+
+
+#: The engine's layers, bottom up (docs/ARCHITECTURE.md): a file imports only from its own package or a lower layer.
+LAYERS = {
+    "defaults": 0, "finite": 0,
+    "files": 1, "sampling": 1,
+    "convert": 2,
+    "networks": 3,
+    "video_unet": 4,
+    "deltas": 5, "build": 5, "training": 5,
+    "methods": 6, "evaluation": 6,
+}
+
+
+def _layer_name(path: Path) -> str:
+    parts = path.relative_to(ENGINE.resolve()).parts
+    return parts[0] if len(parts) > 1 else Path(parts[0]).stem
+
+
+def test_engine_packages_form_layers_and_no_import_runs_back_up():
+    names = {_layer_name(f) for f in _engine_files()} - {"__init__"}
+    missing = names - set(LAYERS)
+    assert not missing, f"engine packages without a layer (add them to LAYERS and to the map): {missing}"
+    upward = []
+    for f, targets in _engine_graph().items():
+        src = _layer_name(f)
+        for t in targets:
+            dst = _layer_name(t)
+            if dst != src and dst != "__init__" and LAYERS[dst] >= LAYERS[src]:
+                upward.append(f"{_rel(f)} -> {_rel(t)}")
+    assert not upward, "imports that run sideways or back up the layers:\n" + "\n".join(sorted(upward))
