@@ -102,6 +102,7 @@ class DreamixDefaults:
     guidance_scale: float = 7.5  # our choice (SD's usual cfg); the paper's VDM uses its own guidance
     lora_rank: int = 16  # our choice for the LoRA preset
     n_sample_frames: int = 8
+    gradient_checkpointing: bool = True  # our choice: the whole-model presets need it on 8-24 GB GPUs
     seed: int = TAV.seed  # our choice: Tune-A-Video's seed (configs/man-skiing.yaml)
 
 

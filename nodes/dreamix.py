@@ -18,22 +18,17 @@ from ..modules.methods.dreamix import (
 )
 from ..modules.training.memory import OPTIMIZERS
 from ..modules.training.trainable import parse_patterns
-from ..modules.training.tune import PRECISIONS
 from . import host
 from .boundary import VIDEO_UNET, conditioning_entries, latent_to_video, video_to_latent
 from .common import seed_input
-from .tune import FORCE_MEMORY, PRESETS, run_tuning
+from .tune import FORCE_MEMORY, PRESETS, TuningNode, run_tuning
 
 logger = logging.getLogger(__name__)
 
 
-class DreamixFinetune:
+class DreamixFinetune(TuningNode):
     """Finetune a VIDEO_UNET on a clip as a video and as independent frames, mixed by image_ratio (Sec. 3.2)."""
 
-    CATEGORY = "TuneVideo/train"
-    FUNCTION = "run"
-    RETURN_TYPES = (VIDEO_UNET, "IMAGE")
-    RETURN_NAMES = ("video_unet", "loss_curve")
     OUTPUT_TOOLTIPS = ("A new finetuned VIDEO_UNET (the input is left unchanged).", "Loss per step, as an image.")
     DESCRIPTION = ("Dreamix mixed video-image finetuning: each step is either the clip as a video (temporal layers "
                    "on) or its frames as independent images (temporal layers bypassed and untouched), drawn with "
@@ -66,10 +61,8 @@ class DreamixFinetune:
                                                       "'custom'."}),
             "lora_rank": ("INT", {"default": DREAMIX.lora_rank, "min": 1, "max": 256,
                                   "tooltip": "LoRA rank, used by dreamix-lora only."}),
-            "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Recompute activations in backward: "
-                                                                                "less memory, about 30% slower."}),
-            "mixed_precision": (list(PRECISIONS), {"default": "auto", "tooltip": "auto: bf16 autocast on GPU, fp32 "
-                                                                                   "on CPU."}),
+            "gradient_checkpointing": cls.checkpointing_input(DREAMIX.gradient_checkpointing),
+            "mixed_precision": cls.precision_input(),
         }, "optional": {
             "prompt_note": ("STRING", {"default": "", "tooltip": "Prompt text, stored in saved weights' metadata."}),
             "optimizer": (list(OPTIMIZERS), {"default": "adamw",

@@ -17,13 +17,28 @@ from .common import seed_input
 PRESETS = {**TUNE_A_VIDEO_PRESETS, **DREAMIX_PRESETS}
 
 
-class OneShotTune:
-    """Fine-tune chosen projections of a VIDEO_UNET on the source clip with the denoising loss."""
+class TuningNode:
+    """What the nodes that tune a whole VIDEO_UNET on one clip share (OneShotTune, DreamixFinetune): their place in
+    the menu, their outputs, and the inputs whose meaning does not depend on the method."""
 
     CATEGORY = "TuneVideo/train"
     FUNCTION = "run"
     RETURN_TYPES = (VIDEO_UNET, "IMAGE")
     RETURN_NAMES = ("video_unet", "loss_curve")
+
+    @staticmethod
+    def checkpointing_input(default: bool) -> tuple:
+        return ("BOOLEAN", {"default": default, "tooltip": "Recompute activations in backward: less memory, about "
+                                                           "30% slower."})
+
+    @staticmethod
+    def precision_input(tooltip: str = "auto: bf16 autocast on GPU, fp32 on CPU.") -> tuple:
+        return (list(PRECISIONS), {"default": "auto", "tooltip": tooltip})
+
+
+class OneShotTune(TuningNode):
+    """Fine-tune chosen projections of a VIDEO_UNET on the source clip with the denoising loss."""
+
     OUTPUT_TOOLTIPS = ("A new tuned VIDEO_UNET (the input is left unchanged).", "Loss per step, as an image.")
     DESCRIPTION = "Tune-A-Video one-shot tuning: only attn1.to_q, attn2.to_q and attn_temp learn by default."
 
@@ -51,12 +66,9 @@ class OneShotTune:
                                                       "used when trainable is 'custom'."}),
             "batch_size": ("INT", {"default": TAV.train_batch_size, "min": 1, "max": 16,
                                    "tooltip": "Copies of the clip per step, each with its own noise and timestep."}),
-            "gradient_checkpointing": ("BOOLEAN", {"default": TAV.gradient_checkpointing,
-                                                   "tooltip": "Recompute activations in backward: less memory, "
-                                                              "about 30% slower."}),
-            "mixed_precision": (list(PRECISIONS), {"default": "auto",
-                                "tooltip": "auto: bf16 autocast on GPU, fp32 on CPU. Trained weights keep an fp32 "
-                                           "master copy."}),
+            "gradient_checkpointing": cls.checkpointing_input(TAV.gradient_checkpointing),
+            "mixed_precision": cls.precision_input("auto: bf16 autocast on GPU, fp32 on CPU. Trained weights keep an "
+                                                   "fp32 master copy."),
         }, "optional": {
             "prompt_note": ("STRING", {"default": "", "tooltip": "Source prompt text, stored in saved weights' "
                                                                  "metadata (CONDITIONING carries no text)."}),
