@@ -130,7 +130,7 @@ def test_interrupt_leaves_the_input_intact(ad_model):
 def test_files_round_trip_and_use_the_ecosystem_layouts(tmp_path, ad_model, motion_file):
     x, c = clip(6)
     res = train(ad_model, [x], [c], MotionDirectorConfig(steps=2, lr_temporal=1e-2, lr_spatial=1e-2, **FAST),
-                metadata={"method": "motion-director", "prompts": '["a person is skiing"]'})
+                prompt="a person is skiing")
     L.save_lora(res.temporal, tmp_path / "motion.safetensors")
     L.save_lora(res.spatial[0], tmp_path / "spatial.safetensors")
     with pytest.raises(FileExistsError):
