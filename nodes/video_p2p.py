@@ -28,7 +28,7 @@ class NullTextInvertVideo:
                        "Video-P2P Edit.",)
     DESCRIPTION = (f"Null-text inversion (Mokady et al. 2023) as Video-P2P runs it: Adam per step, lr "
                    f"{NT.learning_rate:g} (1 - i/100), up to {NT.inner_steps} updates with early stop, guidance "
-                   f"{NT.guidance:g}. fast skips the optimisation.")
+                   f"{NT.cfg:g}. fast skips the optimisation.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -126,7 +126,7 @@ class VideoP2PEdit:
         network = video_unet.network.clone(device=device)
         null_text = tag["uncond"] if len(tag["uncond"]) else None
         out, _, controller = p2p_sample(network, video_unet.schedule, x_t.to(device), cond_src, cond_edit, uncond,
-                                        control, steps=tag["steps"], guidance=cfg, null_text=null_text,
+                                        control, steps=tag["steps"], cfg=cfg, null_text=null_text,
                                         fast=tag["fast"], callback=host.Progress(tag["steps"], "VideoP2PEdit"))
         scale = video_unet.latent_scale
         edited, source = video_to_latent(out[1:], scale), video_to_latent(out[:1], scale)

@@ -32,9 +32,9 @@ def test_optimised_null_text_retraces_the_inversion_path_better_than_the_plain_o
     assert all(torch.equal(a, b) for a, b in zip(before, (x0, cond, uncond), strict=True))  # inputs untouched
     assert result.uncond.shape == (4, 7, CTX_DIM) and result.path.shape == (5, *x0.shape)
     assert not torch.equal(result.uncond[0], uncond[0])  # it learned
-    rec = reconstruct(fn, sched, result, cond, cfg.guidance)
+    rec = reconstruct(fn, sched, result, cond, cfg.cfg)
     plain = reconstruct(fn, sched, result.__class__(result.noise, uncond.expand(4, -1, -1), result.path), cond,
-                        cfg.guidance)
+                        cfg.cfg)
     targets = [result.path[-2 - i] for i in range(4)]
     err = [float((a - b).pow(2).mean()) for a, b in zip(rec, targets, strict=True)]
     err_plain = [float((a - b).pow(2).mean()) for a, b in zip(plain, targets, strict=True)]

@@ -49,7 +49,7 @@ def guided(model: ModelFn, cond: Cond, uncond: Cond | None = None, cfg: float = 
     return lambda x, t, i: guided_output(model, x, t, cond, uncond, cfg)
 
 
-def two_branch_guided(model: ModelFn, contexts: Callable[[int], torch.Tensor], guidance: float,
+def two_branch_guided(model: ModelFn, contexts: Callable[[int], torch.Tensor], cfg: float,
                       fast: bool = False) -> StepModel:
     """Two branches ``x`` ``[2, c, f, h, w]`` (source, edit) guided in one call on ``[x, x]`` with
     ``contexts(i)`` ``[4, n, d]`` = ``[uncond_src, uncond_edit, cond_src, cond_edit]`` at step ``i``.
@@ -61,7 +61,7 @@ def two_branch_guided(model: ModelFn, contexts: Callable[[int], torch.Tensor], g
     def step_model(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
         out = model(torch.cat([x, x]), torch.tensor([t], device=x.device), contexts(i)).float()
         u, c = out.chunk(2)
-        out = cfg_mix(u, c, guidance)
+        out = cfg_mix(u, c, cfg)
         return torch.cat([c[:1], out[1:]]) if fast else out
 
     return step_model

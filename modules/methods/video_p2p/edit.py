@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import torch
 
+from ...defaults import VP2P
 from ...networks.inflate import InflatedUNet
 from ...sampling.ddim import ddim_grid, ddim_loop
 from ...sampling.guidance import two_branch_guided
@@ -42,7 +43,7 @@ Callback = Callable[[int, int, dict], None]
 @torch.no_grad()
 def p2p_sample(unet: InflatedUNet, schedule: NoiseSchedule, x_t: torch.Tensor, cond_src: torch.Tensor,
                cond_edit: torch.Tensor, uncond: torch.Tensor, control: EditControl, steps: int = 50,
-               guidance: float = 7.5, null_text: torch.Tensor | None = None, fast: bool = False,
+               cfg: float = VP2P.guidance_scale, null_text: torch.Tensor | None = None, fast: bool = False,
                callback: Callback | None = None) -> tuple[torch.Tensor, list[torch.Tensor], AttentionController]:
     """Sample source and edit branches from ``x_t`` ``[1, c, f, h, w]`` with attention control.
 
@@ -70,7 +71,7 @@ def p2p_sample(unet: InflatedUNet, schedule: NoiseSchedule, x_t: torch.Tensor, c
         u_src = null_text[i][None] if null_text is not None else uncond
         return torch.cat([u_src, uncond, cond_src, cond_edit]).to(dev, dtype)
 
-    guide = two_branch_guided(lambda x, t, c: model(x.to(dtype), t, c), contexts, guidance, fast)
+    guide = two_branch_guided(lambda x, t, c: model(x.to(dtype), t, c), contexts, cfg, fast)
 
     def step_model(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
         controller.state.step = i  # the attention processors and the local blend key on the step

@@ -6,8 +6,9 @@ Eq. 3-4, applied to video by Video-P2P (Liu et al., 2023, Sec. 3.3, its ``run_vi
 1. DDIM-invert the source latents with the *source prompt* and no guidance, keeping every latent
    ``z*_0 .. z*_T`` of the path (:func:`ddim_path`).
 2. Walk back from ``z_T = z*_T``. At step ``i`` (timestep ``t_i``, descending) optimise the unconditional embedding
-   ``u`` so that one classifier-free-guided DDIM step (guidance ``w`` = 7.5) from ``z`` lands on the inversion latent
-   one level lower: ``min_u || DDIM(z, eps_u + w (eps_c - eps_u), t_i) - z*_{T-i-1} ||^2`` (mean over elements).
+   ``u`` so that one classifier-free-guided DDIM step (scale ``w`` = 7.5, ``cfg`` in the code) from ``z`` lands on
+   the inversion latent one level lower: ``min_u || DDIM(z, eps_u + w (eps_c - eps_u), t_i) - z*_{T-i-1} ||^2``
+   (mean over elements).
    Adam, a fresh optimiser per step with lr ``1e-2 (1 - i/100)``, at most 10 updates, stopping once the loss measured
    before an update is below ``1e-5 + 2e-5 i`` (that update is still made). ``u`` starts from the previous step's
    result (step 0: the empty-prompt embedding), is one ``[1, n, d]`` embedding shared by all frames, and is stored
@@ -45,7 +46,7 @@ class NullTextConfig:
     """Video-P2P's null-text settings (``run_videop2p.py``: NUM_DDIM_STEPS, GUIDANCE_SCALE, ``null_optimization``)."""
 
     steps: int = VP2P.steps  # NUM_DDIM_STEPS
-    guidance: float = VP2P.guidance_scale  # GUIDANCE_SCALE
+    cfg: float = VP2P.guidance_scale  # GUIDANCE_SCALE
     inner_steps: int = 10  # num_inner_steps
     early_stop_epsilon: float = 1e-5  # early_stop_epsilon; the threshold grows by 2e-5 per outer step
     learning_rate: float = 1e-2  # Adam lr at step 0, then lr * (1 - i / 100)
@@ -77,10 +78,10 @@ def ddim_path(model: ModelFn, schedule: NoiseSchedule, latents: torch.Tensor, co
 
 
 def null_text_guided(model: ModelFn, cond: torch.Tensor, embeddings: torch.Tensor | Sequence[torch.Tensor],
-                     guidance: float) -> StepModel:
+                     cfg: float) -> StepModel:
     """Classifier-free guidance whose unconditional embedding at step ``i`` is ``embeddings[i]`` ``[n, d]`` (the
     null-text result ``[steps, n, d]``, or the list the optimisation fills step by step)."""
-    return lambda x, t, i: guided_output(model, x, t, cond, embeddings[i][None], guidance)
+    return lambda x, t, i: guided_output(model, x, t, cond, embeddings[i][None], cfg)
 
 
 def null_text_invert(model: ModelFn, schedule: NoiseSchedule, latents: torch.Tensor, cond: torch.Tensor,
@@ -101,7 +102,7 @@ def null_text_invert(model: ModelFn, schedule: NoiseSchedule, latents: torch.Ten
             return NullTextResult(path[-1], uncond.new_zeros((0, *uncond.shape[1:])), torch.stack(path))
         grid = ddim_grid(schedule, config.steps)
         embeddings, losses = [], []  # per step: u [n, d], last inner loss
-        guide = null_text_guided(model, cond, embeddings, config.guidance)
+        guide = null_text_guided(model, cond, embeddings, config.cfg)
 
         def optimised(z, t, i):
             """Optimise ``u`` for step ``i``, then guide the step with it (the loop makes the move)."""
@@ -129,7 +130,7 @@ def _optimise_step(model, schedule, z, t, t_to, u, cond, target, i, config) -> t
     with torch.enable_grad():
         for _ in range(config.inner_steps):
             out_u = model(z, tt, u).float()
-            out = cfg_mix(out_u, out_c, config.guidance)
+            out = cfg_mix(out_u, out_c, config.cfg)
             loss = F.mse_loss(ddim_step(schedule, z, out, t, t_to), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -154,12 +155,12 @@ def _tagged(callback: Callback | None, phase: str) -> Callback | None:
 
 
 def reconstruct(model: ModelFn, schedule: NoiseSchedule, result: NullTextResult, cond: torch.Tensor,
-                guidance: float = 7.5) -> list[torch.Tensor]:
+                cfg: float = VP2P.guidance_scale) -> list[torch.Tensor]:
     """Sample the source prompt from ``result.noise`` with the per-step embeddings (``fast``: no guidance, an exact
     DDIM reversal). Returns the latents after each step; the last is the reconstructed clip ``[1,c,f,h,w]``."""
     steps = result.path.shape[0] - 1
     if len(result.uncond):
-        step_model = null_text_guided(model, cond, result.uncond, guidance)
+        step_model = null_text_guided(model, cond, result.uncond, cfg)
     else:
         step_model = guided(model, cond)
     out: list[torch.Tensor] = []
