@@ -91,10 +91,12 @@ FORCE_MEMORY = ("BOOLEAN", {"default": False, "tooltip": "Start training even wh
 
 
 def run_tuning(video_unet, latent, positive, config: TuneConfig, label: str, prompt_note: str = "",
-               force_memory: bool = False, method=tune_a_video):
+               force_memory: bool = False, method=None):
     """The tuning nodes' shared boundary: LATENT + one-prompt CONDITIONING in, the memory check, the method's tuning
     entry point (``method(video_unet, latents, context, config, callback, device, prompt)``) with progress and
-    interrupt, the tuned VIDEO_UNET parked off the accelerator, the loss curve as an IMAGE."""
+    interrupt, the tuned VIDEO_UNET parked off the accelerator, the loss curve as an IMAGE. ``method``: the
+    engine's entry point (None: Tune-A-Video's)."""
+    method = method or tune_a_video
     latents = latent_to_video(latent, video_unet.latent_scale, "latent")
     context = conditioning_tensor(positive, "positive", video_unet)
     host.free_accelerator()

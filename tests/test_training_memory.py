@@ -77,7 +77,11 @@ def test_refuses_before_training_and_force_overrides(tiny_unet2d, tiny_unet_conf
     calls = []
     monkeypatch.setattr(memory, "free_memory", lambda device: 1024)
     import tunevideo.nodes.tune as node_tune
-    monkeypatch.setattr(node_tune, "tune", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(KeyError("x")))
+    def training(*a, **k):
+        calls.append(1)
+        raise KeyError("x")
+
+    monkeypatch.setattr(node_tune, "tune_a_video", training)
     with torch.inference_mode():
         (video,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config))
         with pytest.raises(MemoryError, match="does not fit.*force_memory"):
