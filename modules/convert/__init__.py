@@ -1,0 +1,1 @@
+"""ComfyUI/LDM <-> diffusers layouts (UNet, VAE, CLIP text), single-file checkpoints, base-model identity."""

@@ -1,0 +1,1 @@
+"""Evaluation as in the papers: CLIP frame consistency and text alignment, CLIP model files, edit-set reports."""

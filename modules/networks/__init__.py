@@ -1,0 +1,1 @@
+"""The space-time networks: the VideoNetwork interface, norms, attention processors, InflatedUNet, MotionUNet."""

@@ -1,0 +1,1 @@
+"""Noise schedule, conditioning as ComfyUI combines it, the one DDIM loop and its guidance wrappers."""
