@@ -8,8 +8,10 @@ weights of that version's AnimateDiff model with both LoRAs merged (motion at 1.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import CTX_DIM
 from safetensors import safe_open
@@ -58,14 +60,22 @@ def _metadata(path: Path) -> dict[str, str]:
 
 
 def test_the_redesigned_engine_writes_that_delta_again(tmp_path):
-    # The same tensors, bit for bit, under the same metadata. (The files' bytes are not compared whole: safetensors
+    # The same tensors under the same metadata. On the machine that wrote the fixture they are bit-identical; the
+    # tolerance only allows another CPU's summation order. (The files' bytes are not compared whole: safetensors
     # writes the metadata map in an order that changes from one process to the next.)
     x, c = _clip()
     tuned, _ = tune(_inflated(), x, c, TuneConfig(steps=2, learning_rate=1e-3, seed=0, gradient_checkpointing=False))
     save_delta(tuned, tmp_path / "d.safetensors")
     new, old = load_file(str(tmp_path / "d.safetensors")), load_file(str(LEGACY / "delta_tune_a_video.safetensors"))
-    assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) and new[k].dtype == old[k].dtype for k in new)
-    assert _metadata(tmp_path / "d.safetensors") == _metadata(LEGACY / "delta_tune_a_video.safetensors")
+    assert new.keys() == old.keys() and all(new[k].dtype == old[k].dtype for k in new)
+    for key in new:
+        torch.testing.assert_close(new[key], old[key], rtol=1e-5, atol=1e-6)
+    meta_new, meta_old = _metadata(tmp_path / "d.safetensors"), _metadata(LEGACY / "delta_tune_a_video.safetensors")
+    history_new, history_old = json.loads(meta_new.pop("history")), json.loads(meta_old.pop("history"))
+    assert meta_new == meta_old
+    for run_new, run_old in zip(history_new, history_old, strict=True):
+        assert run_new.pop("final_loss") == pytest.approx(run_old.pop("final_loss"), rel=1e-4)
+        assert run_new == run_old
 
 
 def test_loras_saved_before_the_redesign_load_and_merge_to_the_same_weights():
