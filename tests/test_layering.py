@@ -222,3 +222,14 @@ def test_engine_packages_form_layers_and_no_import_runs_back_up():
             if dst != src and dst != "__init__" and LAYERS[dst] >= LAYERS[src]:
                 upward.append(f"{_rel(f)} -> {_rel(t)}")
     assert not upward, "imports that run sideways or back up the layers:\n" + "\n".join(sorted(upward))
+
+
+def _method_of(path: Path) -> str | None:
+    parts = path.relative_to(ENGINE.resolve()).parts
+    return Path(parts[1]).stem if len(parts) >= 2 and parts[0] == "methods" else None
+
+
+def test_a_method_never_imports_another_method():
+    crossing = [f"{_rel(f)} -> {_rel(t)}" for f, targets in _engine_graph().items() for t in targets
+                if _method_of(f) and _method_of(t) and _method_of(t) not in (_method_of(f), "__init__")]
+    assert not crossing, "methods import each other:\n" + "\n".join(sorted(crossing))
