@@ -48,6 +48,8 @@ class VideoUNet:
             precision when the hashes differ.
         tuned_names: state-dict names of parameters that tuning changed (saved in deltas with the temporal ones).
         history: tuning runs applied so far, oldest first.
+        source_patches: opaque to the engine; the face records what it built the model from (ComfyUI: the id of the
+            weight patches, such as LoRAs, its MODEL carried and this model has baked in).
     """
 
     network: VideoNetwork
@@ -57,6 +59,7 @@ class VideoUNet:
     base_fingerprint: str = ""
     tuned_names: frozenset[str] = frozenset()
     history: tuple[TuneRecord, ...] = field(default_factory=tuple)
+    source_patches: str = ""
 
     def replace(self, **changes) -> VideoUNet:
         return dataclasses.replace(self, **changes)

@@ -3,6 +3,7 @@
 from . import host
 from .animatediff import AnimateDiffVideoUNet
 from .boundary import check_float_inputs
+from .core_model import InvertedNoiseSigmas, VideoUNetAsModel
 from .dreamix import (
     DreamixCorruptedSample,
     DreamixCorruptVideo,
@@ -50,6 +51,8 @@ NODE_CLASS_MAPPINGS = {
     "DreamixCorruptedSample": DreamixCorruptedSample,
     "ImageToCoarseVideo": ImageToCoarseVideo,
     "StackSubjectImages": StackSubjectImages,
+    "VideoUNetAsModel": VideoUNetAsModel,
+    "InvertedNoiseSigmas": InvertedNoiseSigmas,
 }
 
 for _cls in NODE_CLASS_MAPPINGS.values():
@@ -78,4 +81,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DreamixCorruptedSample": "Dreamix Corrupted Sample",
     "ImageToCoarseVideo": "Image To Coarse Video (Dreamix)",
     "StackSubjectImages": "Stack Subject Images (Dreamix)",
+    "VideoUNetAsModel": "Video UNet As Model (core samplers, ControlNet)",
+    "InvertedNoiseSigmas": "Inverted Noise Sigmas (start a core sampler)",
 }

@@ -138,6 +138,22 @@ class ModelParts(NamedTuple):
     dtype: torch.dtype | None
 
 
+def model_schedule(model) -> NoiseSchedule:
+    """The noise schedule and prediction type a ComfyUI MODEL samples with (its possibly patched model_sampling)."""
+    inner = getattr(model, "model", None)
+    if inner is None:
+        raise UnsupportedModelError(f"model must be a ComfyUI MODEL, got {type(model).__name__}")
+    config_obj = getattr(inner, "model_config", None)
+    family = type(config_obj).__name__ if config_obj is not None else "unknown"
+    get = getattr(model, "get_model_object", None)
+    sampling = get("model_sampling") if callable(get) else inner.model_sampling
+    prediction = _prediction_type(sampling, inner, family)
+    if not torch.is_tensor(getattr(sampling, "sigmas", None)):
+        raise UnsupportedModelError(f"MODEL {family} has no discrete sigma schedule (continuous/EDM sampling is not "
+                                    f"supported)")
+    return NoiseSchedule.from_sigmas(sampling.sigmas, prediction)
+
+
 def model_parts(model) -> ModelParts:
     """ComfyUI MODEL -> (LDM UNet state dict, unet_config, schedule, latent scale, compute dtype), with clear
     errors."""
@@ -151,15 +167,11 @@ def model_parts(model) -> ModelParts:
         check_supported(unet_config)
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"MODEL is {family}: {e}") from e
-    get = getattr(model, "get_model_object", None)
-    sampling = get("model_sampling") if callable(get) else inner.model_sampling
-    prediction = _prediction_type(sampling, inner, family)
-    if not torch.is_tensor(getattr(sampling, "sigmas", None)):
-        raise UnsupportedModelError(f"MODEL {family} has no discrete sigma schedule (continuous/EDM sampling is not "
-                                    f"supported)")
-    schedule = NoiseSchedule.from_sigmas(sampling.sigmas, prediction)
+    schedule = model_schedule(model)
     scale = float(getattr(getattr(inner, "latent_format", None), "scale_factor", SD_LATENT_SCALE))
-    state_dict = inner.diffusion_model.state_dict()
+    from . import host
+
+    state_dict = host.diffusion_model(model).state_dict()
     return ModelParts(state_dict, unet_config, schedule, scale, compute_dtype(state_dict, inner))
 
 
@@ -169,7 +181,13 @@ def video_unet_from_model(model, build: Callable[[ModelParts], VideoUNet]) -> Vi
     from . import host
 
     host.apply_patches(model)
-    return parked(build(model_parts(model)))
+    return parked(build(model_parts(model)).replace(source_patches=weight_patches_id(model)))
+
+
+def weight_patches_id(model) -> str:
+    """Which weight patches (LoRAs...) a ModelPatcher carries: ComfyUI gives each new set a uuid that clones keep;
+    "" without patches."""
+    return str(getattr(model, "patches_uuid", "")) if getattr(model, "patches", None) else ""
 
 
 def check_tuned_frames(frames: int, video_unet, what: str) -> None:

@@ -14,10 +14,11 @@ logger = logging.getLogger(__name__)
 
 try:  # ComfyUI present
     import comfy.model_management as _mm
+    import comfy.patcher_extension as _pe
     import comfy.utils as _cu
     import folder_paths as _fp
 except ImportError:  # tests and headless use
-    _mm = _cu = _fp = None
+    _mm = _cu = _fp = _pe = None
 
 MODEL_FOLDER = "tunevideo"
 MOTION_MODULE_FOLDER = "animatediff_models"  # AnimateDiff-Evolved's folder name: its files show in our lists too
@@ -156,6 +157,34 @@ def apply_patches(model) -> None:
     checkpoint save forces the patch the same way)."""
     if _mm is not None and getattr(model, "patches", None):
         _mm.load_models_gpu([model], force_patch_weights=True)
+
+
+def diffusion_model(model):
+    """The MODEL's own diffusion model, even while a clone's object patch (ours) is installed in the shared
+    BaseModel: ComfyUI keeps the original in the patchers' shared backup."""
+    get = getattr(model, "get_model_object", None)
+    return get("diffusion_model") if callable(get) else model.model.diffusion_model
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    """Bytes of ``module``'s parameters and buffers, as ComfyUI's ``module_size`` counts them."""
+    return sum(t.nelement() * t.element_size() for t in module.state_dict().values())
+
+
+def video_model_patcher(model, module: torch.nn.Module, on_detach, on_hooks):
+    """A clone of the ModelPatcher ``model`` whose diffusion model is ``module`` (ComfyUI's object patch: installed
+    when ComfyUI loads the clone, restored when it unloads it), sized as ``module`` so that model management loads,
+    offloads and frees it like any model. ``on_detach()`` runs whenever ComfyUI detaches the clone;
+    ``on_hooks(hooks)`` when a sampler registers weight hooks (scheduled LoRAs) on it."""
+    patched = model.clone()
+    patched.add_object_patch("diffusion_model", module)
+    own = diffusion_model(model)
+    patched.size = max(int(model.model_size()) - tensor_bytes(own), 0) + tensor_bytes(module)
+    if _pe is not None:
+        patched.add_callback_with_key(_pe.CallbacksMP.ON_DETACH, "tunevideo", lambda _p, _all: on_detach())
+        patched.add_callback_with_key(_pe.CallbacksMP.ON_REGISTER_ALL_HOOK_PATCHES, "tunevideo",
+                                      lambda _p, hooks, *_a: on_hooks(hooks))
+    return patched
 
 
 def check_interrupt() -> None:

@@ -246,7 +246,12 @@ def test_patched_sampling_and_fp8_weights(tiny_unet2d, tiny_unet_config):
         sigmas = fake_model(tiny_unet2d, tiny_unet_config).model.model_sampling.sigmas
 
     model = fake_model(tiny_unet2d, tiny_unet_config, prediction="EPS")
-    model.get_model_object = lambda name: ModelSamplingDiscreteDistilled()  # a ModelSamplingDiscrete object patch
+    patched = ModelSamplingDiscreteDistilled()  # a ModelSamplingDiscrete object patch
+
+    def get_model_object(name):  # ComfyUI's: the object patch where there is one, else the attribute
+        return patched if name == "model_sampling" else getattr(model.model, name)
+
+    model.get_model_object = get_model_object
     with torch.inference_mode():
         (video,) = N["InflateUNetTemporal"]().inflate(model)
     assert video.schedule.prediction_type == "v_prediction"

@@ -35,7 +35,7 @@ from ..convert.identity import unet_hash
 from ..convert.unet import UnsupportedModelError
 from ..files import PICKLE_SUFFIXES
 from ..files.reader import read_safetensors
-from .base import NetworkBase, VideoNetwork, retarget, share_clone, usable_alias
+from .base import ControlResiduals, NetworkBase, VideoNetwork, retarget, share_clone, usable_alias
 
 logger = logging.getLogger(__name__)
 
@@ -256,9 +256,10 @@ class MotionUNet(VideoNetwork):
         self.info = info
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
-                temporal: bool = True) -> torch.Tensor:
+                temporal: bool = True, residuals: ControlResiduals | None = None) -> torch.Tensor:
         """``temporal=False`` skips every motion module: each frame goes through the image model alone (Dreamix's
-        frame batches, :mod:`.dreamix`); the motion weights then take no part and get no gradient."""
+        frame batches, :mod:`.dreamix`); the motion weights then take no part and get no gradient. ``residuals``: a
+        ControlNet's, ``[(b f), ...]``."""
         if sample.dim() != 5:
             raise ValueError(f"sample must be [b,c,f,h,w], got shape {tuple(sample.shape)}")
         b, f = sample.shape[0], sample.shape[2]
@@ -270,7 +271,7 @@ class MotionUNet(VideoNetwork):
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
         context = repeat(encoder_hidden_states, "b n d -> (b f) n d", f=f)  # UNetMotionModel takes it per frame
         core = self._core if temporal else self._image_core()
-        return core(sample, t, context, return_dict=False)[0]
+        return core(sample, t, context, return_dict=False, **(residuals.as_kwargs() if residuals else {}))[0]
 
     def _image_core(self) -> UNetMotionModel:
         """The same module tree (every parameter and adapter shared) with each motion module replaced by a

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from abc import ABCMeta, abstractmethod
 from enum import Enum
+from typing import NamedTuple
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -34,6 +35,23 @@ def share_clone(module: nn.Module) -> nn.Module:
     return new
 
 
+class ControlResiduals(NamedTuple):
+    """Residuals a ControlNet adds to the UNet, frame-major like the UNet's 2D layers (``[(b f), c, h, w]``).
+
+    ``down``: one per skip connection, in the order the encoder produces them (the stem's output first, then each
+    down block's resnets and downsampler: 12 for SD1.x/SD2.x); ``mid``: added to the middle block's output. Exactly
+    where diffusers' ``down_block_additional_residuals`` / ``mid_block_additional_residual`` and ComfyUI's
+    ``control["output"]`` / ``control["middle"]`` add them. A zero-dimensional zero stands for "nothing here".
+    """
+
+    down: tuple[torch.Tensor, ...]
+    mid: torch.Tensor
+
+    def as_kwargs(self) -> dict:
+        """The diffusers UNet keyword arguments that add these residuals."""
+        return {"down_block_additional_residuals": tuple(self.down), "mid_block_additional_residual": self.mid}
+
+
 class NetworkBase(Enum):
     """Which base a :class:`VideoNetwork` was built on. The value is the name LoRA files record as ``base``."""
 
@@ -49,8 +67,9 @@ class NetworkBase(Enum):
 
 class VideoNetwork(nn.Module, metaclass=ABCMeta):
     """What every video UNet of the pack is, whichever base: the samplers, tuning loops, file readers and nodes use
-    only this. ``forward(sample [b,c,f,h,w], timestep, encoder_hidden_states [b,n,d], temporal=True) -> [b,c,f,h,w]``
-    (``temporal=False``: frames as independent images, Dreamix).
+    only this. ``forward(sample [b,c,f,h,w], timestep, encoder_hidden_states [b,n,d], temporal=True,
+    residuals=None) -> [b,c,f,h,w]`` (``temporal=False``: frames as independent images, Dreamix; ``residuals``: a
+    ControlNet's :class:`ControlResiduals`, per frame).
 
     It wraps a diffusers UNet (``_core``) whose children are registered as its own (so ``state_dict()`` keys are the
     core's), and exposes its config, dtype, device, training mode and gradient checkpointing. Implementations:

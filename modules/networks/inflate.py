@@ -44,7 +44,7 @@ from .attention import (
     TemporalAttnProcessor,
     level_grid,
 )
-from .base import NetworkBase, VideoNetwork, retarget, share_clone
+from .base import ControlResiduals, NetworkBase, VideoNetwork, retarget, share_clone
 from .norms import FrameGroupNorm, FrameScope, InstanceCentering, MixedLayerNorm, checkpoint_in_frame_scope
 
 logger = logging.getLogger(__name__)
@@ -175,9 +175,10 @@ class InflatedUNet(VideoNetwork):
         self.temporal = temporal  # one of TEMPORAL_VARIANTS
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
-                temporal: bool = True) -> torch.Tensor:
+                temporal: bool = True, residuals: ControlResiduals | None = None) -> torch.Tensor:
         """``temporal=False`` bypasses every temporal layer (Dreamix's frame batches); pass frames as the batch with
-        ``f = 1`` so that the spatial layers see independent images too (:func:`~.dreamix.as_image_batch`)."""
+        ``f = 1`` so that the spatial layers see independent images too (:func:`~.dreamix.as_image_batch`).
+        ``residuals``: a ControlNet's, ``[(b f), ...]``, added where the 2D UNet adds them."""
         if sample.dim() != 5:
             raise ValueError(f"sample must be [b,c,f,h,w], got shape {tuple(sample.shape)}")
         b, _, f, _, _ = sample.shape
@@ -189,7 +190,7 @@ class InflatedUNet(VideoNetwork):
         frames = frame_kwargs(f, tuple(sample.shape[-2:]), temporal)
         with FrameScope(f):  # the ResNets' GroupNorms: diffusers gives them no argument channel
             out = self._core(rearrange(sample, "b c f h w -> (b f) c h w"), t, context, return_dict=False,
-                             cross_attention_kwargs=frames)[0]
+                             cross_attention_kwargs=frames, **(residuals.as_kwargs() if residuals else {}))[0]
         return rearrange(out, "(b f) c h w -> b c f h w", b=b)
 
     @property
