@@ -470,3 +470,69 @@ def test_load_video_clip_outside_input_and_zero_frames_are_refused_at_validation
             urllib.request.urlopen(req, timeout=30)
         body = refused.value.read().decode()
         assert refused.value.code == 400 and expected in body, body[:2000]
+
+
+def _shrunk_core_workflow(name: str, sampler: str | None = None, spacing: str | None = None,
+                          end: str | None = None, steps: int | None = None) -> dict:
+    api = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+    by_class = {n["class_type"]: n["inputs"] for n in api.values()}
+    by_class["CheckpointLoaderSimple"]["ckpt_name"] = "tiny-sd15.safetensors"
+    by_class["LoadVideoClip"].update(video="man-skiing.mp4", frame_count=3, stride=2, width=64, height=64)
+    by_class["OneShotTune"].update(steps=2, learning_rate=1e-3)
+    by_class["DDIMInvertVideo"]["steps"] = 4
+    by_class["InvertedNoiseSigmas"].update({k: v for k, v in (("spacing", spacing), ("end", end),
+                                                              ("steps", steps)) if v is not None})
+    if sampler:
+        by_class["KSamplerSelect"]["sampler_name"] = sampler
+    if "ControlNetLoader" in by_class:
+        by_class["ControlNetLoader"]["control_net_name"] = "random-controlnet.safetensors"
+    return api
+
+
+def test_core_samplers_and_controlnet_run_the_tuned_video_unet(host):
+    """VideoUNetAsModel through ComfyUI's own samplers and ControlNet, measured in-process (SampleVideo equivalence,
+    ddim_uniform's last step, batch separation, one frame vs the original MODEL, ControlNet vs diffusers), then both
+    shipped workflows over HTTP with three samplers and an interrupt."""
+    url, base = host
+    controlnets = base / "models" / "controlnet"
+    controlnets.mkdir(parents=True, exist_ok=True)
+    check = subprocess.run([PYTHON, str(ROOT / "tests" / "host" / "core_sampling_check.py"), COMFY,
+                            str(base / "models" / "checkpoints" / "tiny-sd15.safetensors"), str(controlnets)],
+                           capture_output=True, text=True, timeout=1200, cwd=COMFY)
+    assert check.returncode == 0, check.stderr[-3000:]
+    report = json.loads(check.stdout.strip().splitlines()[-1])
+    assert report.get("complete"), report
+    assert report["sample_video_vs_ddim"] <= 1e-4 and report["sample_video_vs_euler"] <= 1e-4, report
+    assert report["one_frame_vs_original_model"] <= 1e-5, report
+    assert report["two_videos_vs_alone"] <= 1e-5 < report["one_8_frame_clip_vs_alone"], report
+    assert report["controlnet_clip_vs_direct"] <= 1e-4 < report["controlnet_effect"], report
+    assert report["controlnet_one_frame_vs_unet2d"] <= 1e-4, report
+    assert report["diffusion_model_while_converted"] == "VideoDiffusionModel", report
+    assert report["diffusion_model_after_original_loads"] == "UNetModel", report
+    assert report["dpmpp_2m_karras_finite"] and report["euler_ancestral_karras_finite"], report
+    assert report["ddim_uniform_vs_sample_video_rel"] < 0.05, report  # only the last target differs
+
+    runs = [("tune_a_video_ksampler", {"sampler": "dpmpp_2m"}),
+            ("tune_a_video_ksampler", {"sampler": "euler_ancestral", "steps": 3}),
+            ("tune_a_video_controlnet", {"sampler": "ddim"})]
+    for name, change in runs:
+        api = _shrunk_core_workflow(name, **change)
+        reply = _post(f"{url}/prompt", {"prompt": api, "client_id": "tunevideo-test"})
+        assert not reply.get("node_errors"), reply
+        result = _wait(reply["prompt_id"], url, timeout=900)
+        assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-3000:]
+        webp = result["outputs"]["15"]["images"][0]
+        assert (base / "output" / webp["subfolder"] / webp["filename"]).stat().st_size > 0
+    # an interrupt inside SamplerCustom (everything before it is cached), then the next queue runs
+    api = _shrunk_core_workflow("tune_a_video_controlnet", sampler="euler", spacing="karras", end="zero", steps=400)
+    reply = _post(f"{url}/prompt", {"prompt": api, "client_id": "tunevideo-test"})
+    deadline = time.monotonic() + 120
+    while _get(f"{url}/queue")["queue_running"] == [] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)
+    _post(f"{url}/interrupt", {})
+    result = _wait(reply["prompt_id"], url, timeout=300)
+    assert "execution_interrupted" in [m[0] for m in result["status"]["messages"]]
+    reply = _post(f"{url}/prompt", {"prompt": _shrunk_core_workflow("tune_a_video_controlnet", sampler="ddim"),
+                                    "client_id": "tunevideo-test"})
+    assert _wait(reply["prompt_id"], url, timeout=600)["status"]["status_str"] == "success"

@@ -31,12 +31,27 @@ CORE = {
     "EmptyLatentImage": ({"width": ("INT", {"min": 16, "max": 16384}), "height": ("INT", {"min": 16, "max": 16384}),
                           "batch_size": ("INT", {"min": 1, "max": 4096})}, {}, ["LATENT"]),
     "LoadImage": ({"image": ("COMBO",)}, {}, ["IMAGE", "MASK"]),
+    "KSamplerSelect": ({"sampler_name": (["euler", "euler_ancestral", "ddim", "dpmpp_2m", "uni_pc"],)}, {},
+                       ["SAMPLER"]),
+    "SamplerCustom": ({"model": ("MODEL",), "add_noise": ("BOOLEAN",), "noise_seed": ("INT", {"min": 0}),
+                       "cfg": ("FLOAT", {"min": 0.0, "max": 100.0}), "positive": ("CONDITIONING",),
+                       "negative": ("CONDITIONING",), "sampler": ("SAMPLER",), "sigmas": ("SIGMAS",),
+                       "latent_image": ("LATENT",)}, {}, ["LATENT", "LATENT"]),
+    "ControlNetLoader": ({"control_net_name": ("COMBO",)}, {}, ["CONTROL_NET"]),
+    "ControlNetApplyAdvanced": ({"positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
+                                 "control_net": ("CONTROL_NET",), "image": ("IMAGE",),
+                                 "strength": ("FLOAT", {"min": 0.0, "max": 10.0}),
+                                 "start_percent": ("FLOAT", {"min": 0.0, "max": 1.0}),
+                                 "end_percent": ("FLOAT", {"min": 0.0, "max": 1.0})}, {"vae": ("VAE",)},
+                                ["CONDITIONING", "CONDITIONING"]),
+    "Canny": ({"image": ("IMAGE",), "low_threshold": ("FLOAT", {"min": 0.01, "max": 0.99}),
+               "high_threshold": ("FLOAT", {"min": 0.01, "max": 0.99})}, {}, ["IMAGE"]),
 }
 DYNAMIC_COMBOS = {("LoadVideoClip", "video"), ("LoadTunedVideoUNet", "weights"),
                   ("CheckpointLoaderSimple", "ckpt_name"), ("AnimateDiffVideoUNet", "motion_module"),
                   ("LoadVideoLoRA", "lora_name")}
 DYNAMIC_COMBOS |= {("LoadCLIPScoreModel", "model")}
-DYNAMIC_COMBOS |= {("LoadImage", "image")}
+DYNAMIC_COMBOS |= {("LoadImage", "image"), ("ControlNetLoader", "control_net_name")}
 
 
 def node_def(cls):

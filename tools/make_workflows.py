@@ -28,6 +28,18 @@ CORE = {
     "LatentBatch": ([], [("samples1", "LATENT"), ("samples2", "LATENT")], [("LATENT", "LATENT")]),
     "EmptyLatentImage": ([("width", "INT"), ("height", "INT"), ("batch_size", "INT")], [], [("LATENT", "LATENT")]),
     "LoadImage": ([("image", "COMBO"), ("upload", "UPLOAD")], [], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "KSamplerSelect": ([("sampler_name", "COMBO")], [], [("SAMPLER", "SAMPLER")]),
+    "SamplerCustom": ([("add_noise", "BOOLEAN"), ("noise_seed", "INT"), ("cfg", "FLOAT")],
+                      [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                       ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"), ("latent_image", "LATENT")],
+                      [("output", "LATENT"), ("denoised_output", "LATENT")]),
+    "ControlNetLoader": ([("control_net_name", "COMBO")], [], [("CONTROL_NET", "CONTROL_NET")]),
+    "ControlNetApplyAdvanced": ([("strength", "FLOAT"), ("start_percent", "FLOAT"), ("end_percent", "FLOAT")],
+                                [("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                                 ("control_net", "CONTROL_NET"), ("image", "IMAGE"), ("vae", "VAE")],
+                                [("positive", "CONDITIONING"), ("negative", "CONDITIONING")]),
+    "Canny": ([("low_threshold", "FLOAT"), ("high_threshold", "FLOAT")], [("image", "IMAGE")],
+              [("IMAGE", "IMAGE")]),
 }
 SEED_NAMES = {"seed", "noise_seed"}
 UPLOAD_KEYS = ("image_upload", "video_upload")  # the frontend adds an "upload" widget, serialised last as "image"
@@ -472,6 +484,64 @@ WORKFLOWS_DREAMIX_EI2 = {"dreamix": (dreamix_graph, DREAMIX_NOTE, DREAMIX_POS),
 
 
 WORKFLOWS.update(WORKFLOWS_DREAMIX_EI2)
+
+
+def _core_sampling_graph(sampler, spacing, end, steps, prefix, control=False):
+    """Tune-A-Video's tuning and inversion (node ids 1-9, as tune_a_video), then the tuned VIDEO_UNET as a MODEL in
+    core's SamplerCustom from the inverted noise; with ``control``, Canny edges of the source frames through a
+    ControlNet on the edited prompt."""
+    graph = {k: v for k, v in tune_a_video_graph().items() if k <= 9}
+    graph[16] = ("PreviewImage", "Tuning loss", {}, {"images": (8, 1)})
+    cond = {"positive": (6, 0), "negative": (5, 0)}
+    if control:
+        graph[20] = ("ControlNetLoader", "SD1.5 ControlNet (canny)",
+                     {"control_net_name": "control_v11p_sd15_canny.safetensors"}, {})
+        graph[21] = ("Canny", "Edges of the source frames", {"low_threshold": 0.4, "high_threshold": 0.8},
+                     {"image": (2, 0)})
+        graph[22] = ("ControlNetApplyAdvanced", None, {"strength": 0.8, "start_percent": 0.0, "end_percent": 1.0},
+                     {**cond, "control_net": (20, 0), "image": (21, 0)})
+        cond = {"positive": (22, 0), "negative": (22, 1)}
+    graph.update({
+        10: ("VideoUNetAsModel", None, {"frames_per_video": 0}, {"model": (1, 0), "video_unet": (8, 0)}),
+        11: ("InvertedNoiseSigmas", None, {"spacing": spacing, "end": end, "steps": steps},
+             {"model": (10, 0), "noise": (9, 0)}),
+        12: ("KSamplerSelect", None, {"sampler_name": sampler}, {}),
+        13: ("SamplerCustom", None, {"add_noise": False, "noise_seed": 33, "cfg": 12.5},
+             {"model": (10, 0), **cond, "sampler": (12, 0), "sigmas": (11, 0), "latent_image": (11, 1)}),
+        14: ("VAEDecode", None, {}, {"samples": (13, 0), "vae": (1, 2)}),
+        15: ("SaveAnimatedWEBP", None, {"filename_prefix": f"tunevideo/{prefix}", "fps": 12.0, "lossless": False,
+                                        "quality": 90, "method": "default"}, {"images": (14, 0), "fps": (2, 1)}),
+        17: ("CreateVideo", None, {"fps": 12.0}, {"images": (14, 0), "fps": (2, 1)}),
+        18: ("SaveVideo", None, {"filename_prefix": f"tunevideo/{prefix}", "format": "mp4", "codec": "h264"},
+             {"video": (17, 0)}),
+    })
+    return graph
+
+
+def tune_a_video_ksampler_graph():
+    return _core_sampling_graph("dpmpp_2m", "karras", "zero", 25, "tune_a_video_ksampler")
+
+
+def tune_a_video_controlnet_graph():
+    return _core_sampling_graph("euler", "ddim", "alpha_0", 0, "tune_a_video_controlnet", control=True)
+
+
+KSAMPLER_NOTE = ("Tune-A-Video's tuning and DDIM inversion, then ComfyUI's own sampler: Video UNet As Model turns the "
+                 "tuned VIDEO_UNET into a MODEL (core batches cond and uncond; each video is denoised as one clip), "
+                 "Inverted Noise Sigmas starts SamplerCustom (add_noise off) from the inverted noise, here DPM++ 2M "
+                 "with Karras spacing over 25 steps. Any sampler works; spacing 'ddim' + end 'alpha_0' with the ddim "
+                 "or euler sampler reproduces Sample Video exactly.")
+CONTROLNET_NOTE = ("Tune-A-Video with a ControlNet: Canny edges of the source frames hold the structure while the "
+                   "tuned VIDEO_UNET, as a MODEL in SamplerCustom, samples the edited prompt from the inverted noise "
+                   "(euler on the inversion's 50 timesteps = DDIM). Put an SD1.5 canny ControlNet (e.g. "
+                   "control_v11p_sd15_canny) in models/controlnet. The ControlNet runs per frame; its residuals are "
+                   "added where the 2D UNet adds them. T2I-Adapters are not supported (a clear error says so).")
+CORE_POS = {1: (0, 0), 2: (0, 200), 4: (440, 0), 5: (440, 220), 6: (440, 440), 3: (440, 660), 7: (880, 0),
+            8: (880, 170), 9: (1320, 0), 16: (1320, 640), 10: (1320, 200), 11: (1320, 380), 12: (1760, 0),
+            20: (880, 560), 21: (880, 700), 22: (1320, 820), 13: (1760, 150), 14: (2180, 0), 15: (2180, 150),
+            17: (2180, 440), 18: (2180, 560)}
+WORKFLOWS["tune_a_video_ksampler"] = (tune_a_video_ksampler_graph, KSAMPLER_NOTE, CORE_POS)
+WORKFLOWS["tune_a_video_controlnet"] = (tune_a_video_controlnet_graph, CONTROLNET_NOTE, CORE_POS)
 
 if __name__ == "__main__":
     for wf_name, (make, text, layout) in WORKFLOWS.items():
