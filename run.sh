@@ -16,6 +16,10 @@ fi
 STAMP="$VENV/.tunevideo-installed"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   "$PY" -m pip install -q -e ".[dev]"
+  # The CLIP BPE vocabulary for the headless CLI without a ComfyUI checkout: open_clip ships it as a data file.
+  # --no-deps: only the file is read (the package is never imported), and its torchvision pin would replace torch.
+  "$PY" -m pip install -q --no-deps "open_clip_torch>=2.20" \
+    || echo "run.sh: open_clip_torch not installed; the CLI then needs --tokenizer or COMFYUI_PATH" >&2
   touch "$STAMP"
 fi
 cmd="${1:-demo}"

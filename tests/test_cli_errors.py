@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import json
+import os
+from pathlib import Path
 
 import pytest
 from tunevideo import cli
@@ -85,3 +88,18 @@ def test_installed_vocabulary_is_found_in_a_provider_package(tmp_path, monkeypat
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(clip_vocab, "PROVIDERS", (("fake_clip_pkg", clip_vocab.VOCAB_FILE),))
     assert clip_vocab.installed_bpe_vocabulary() == pkg / clip_vocab.VOCAB_FILE
+
+
+def test_the_vocabulary_run_sh_installs_gives_clips_tokenizer(monkeypatch):
+    """run.sh installs open_clip_torch (--no-deps) for its CLIP BPE file: without --tokenizer or COMFYUI_PATH the
+    CLI's tokenizer is CLIP's own (ids as SD1's text encoder was trained with), equal to ComfyUI's sd1_tokenizer."""
+    if clip_vocab.installed_bpe_vocabulary() is None:
+        pytest.skip("open_clip_torch is not installed (run.sh installs it); the fallback vocabulary is absent")
+    comfy = os.environ.get("COMFYUI_PATH")
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    tok = text_encoder.load_tokenizer()
+    assert len(tok) == 49408
+    assert tok("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
+    if comfy and (Path(comfy) / "comfy" / "sd1_tokenizer" / "vocab.json").is_file():
+        folder = Path(comfy) / "comfy" / "sd1_tokenizer"
+        assert json.loads((folder / "vocab.json").read_text()) == tok.get_vocab()

@@ -116,7 +116,7 @@ def test_frame_batch_keeps_cond_uncond_and_videos_apart(network):
         for k in range(4):
             clip = x[3 * k:3 * k + 3].permute(1, 0, 2, 3)[None]
             want = network(clip, t[:1], ctx[3 * k:3 * k + 1])[0].permute(1, 0, 2, 3)
-            assert torch.equal(got[3 * k:3 * k + 3], want)
+            assert (got[3 * k:3 * k + 3] - want).abs().max() <= 1e-5
         whole = shim.__class__(network.clone())(x, t, ctx, transformer_options={"cond_or_uncond": [0, 1]})
     assert not torch.allclose(whole, got, atol=1e-4)  # 6-frame clips differ: the temporal layers do mix frames
     assert video_spans(12, 2) == [slice(0, 6), slice(6, 12)]

@@ -18,7 +18,7 @@ from einops import rearrange
 
 from .base import ControlResiduals
 
-#: ``clip(x [1,c,f,h,w], t [1], context [1,n,d], residuals | None) -> [1,c,f,h,w]``: one video through the network.
+#: ``clip(x [V,c,f,h,w], t [V], context [V,n,d], residuals | None) -> [V,c,f,h,w]``: V videos through the network.
 ClipFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ControlResiduals | None], torch.Tensor]
 
 
@@ -41,14 +41,17 @@ def _same_rows(x: torch.Tensor) -> bool:
 def run_frame_batch(clip: ClipFn, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                     spans: list[slice], residuals: ControlResiduals | None = None) -> torch.Tensor:
     """``x [B, c, h, w]`` (frames of all videos), ``timestep [B]``, ``context [B, n, d]``, ``residuals`` per frame
-    -> the network's output ``[B, c, h, w]``, each span of :func:`video_spans` run as one clip.
+    -> the network's output ``[B, c, h, w]``, each span of :func:`video_spans` one clip of a single batched call
+    ``clip(x [V, c, f, h, w], t [V], context [V, n, d], residuals)`` (as SampleVideo batches cond and uncond).
 
     Within a video every frame must share one timestep and one conditioning (ComfyUI's samplers give them that);
     per-frame prompts (prompt schedules) are refused rather than reduced to the first frame's.
     """
     if x.dim() != 4:
         raise ValueError(f"expected a frame batch [B, c, h, w], got shape {tuple(x.shape)}")
-    parts = []
+    f = spans[0].stop - spans[0].start
+    if any(s.stop - s.start != f for s in spans) or spans[-1].stop != x.shape[0]:
+        raise ValueError("videos in one frame batch must have equal frame counts and cover the batch")
     for span in spans:
         t, ctx = timestep[span], context[span]
         if not _same_rows(t):
@@ -57,10 +60,6 @@ def run_frame_batch(clip: ClipFn, x: torch.Tensor, timestep: torch.Tensor, conte
         if not _same_rows(ctx):
             raise ValueError(f"frames {span.start}..{span.stop - 1} of one video carry different conditioning "
                              f"(a per-frame prompt schedule?); the video UNet takes one prompt per clip")
-        res = None
-        if residuals is not None:
-            res = ControlResiduals(tuple(r if r.dim() == 0 else r[span] for r in residuals.down),
-                                   residuals.mid if residuals.mid.dim() == 0 else residuals.mid[span])
-        video = rearrange(x[span], "f c h w -> 1 c f h w")
-        parts.append(rearrange(clip(video, t[:1], ctx[:1], res), "1 c f h w -> f c h w"))
-    return torch.cat(parts)
+    videos = rearrange(x, "(v f) c h w -> v c f h w", f=f)
+    out = clip(videos, timestep[::f], context[::f], residuals)  # residuals are frame-major (v f) already
+    return rearrange(out, "v c f h w -> (v f) c h w")
