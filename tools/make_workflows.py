@@ -538,8 +538,8 @@ CONTROLNET_NOTE = ("Tune-A-Video with a ControlNet: Canny edges of the source fr
                    "added where the 2D UNet adds them. T2I-Adapters are not supported (a clear error says so).")
 CORE_POS = {1: (0, 0), 2: (0, 200), 4: (440, 0), 5: (440, 220), 6: (440, 440), 3: (440, 660), 7: (880, 0),
             8: (880, 170), 9: (1320, 0), 16: (1320, 640), 10: (1320, 200), 11: (1320, 380), 12: (1760, 0),
-            20: (880, 560), 21: (880, 700), 22: (1320, 820), 13: (1760, 150), 14: (2180, 0), 15: (2180, 150),
-            17: (2180, 440), 18: (2180, 560)}
+            20: (880, 560), 21: (880, 700), 22: (1320, 820), 13: (1760, 150), 14: (1760, 480), 15: (2180, 260),
+            17: (2180, 600), 18: (2180, 720)}
 WORKFLOWS["tune_a_video_ksampler"] = (tune_a_video_ksampler_graph, KSAMPLER_NOTE, CORE_POS)
 WORKFLOWS["tune_a_video_controlnet"] = (tune_a_video_controlnet_graph, CONTROLNET_NOTE, CORE_POS)
 
