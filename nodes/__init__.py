@@ -24,6 +24,7 @@ from .tune import OneShotTune
 from .tuned_files import LoadTunedVideoUNet, SaveTunedVideoUNet
 from .video import LoadVideoClip
 from .video_p2p import NullTextInvertVideo, VideoP2PEdit
+from .windows import VideoContextWindows
 
 host.register_model_folder()
 
@@ -50,6 +51,7 @@ NODE_CLASS_MAPPINGS = {
     "DreamixCorruptedSample": DreamixCorruptedSample,
     "ImageToCoarseVideo": ImageToCoarseVideo,
     "StackSubjectImages": StackSubjectImages,
+    "VideoContextWindows": VideoContextWindows,
 }
 
 for _cls in NODE_CLASS_MAPPINGS.values():
@@ -78,4 +80,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DreamixCorruptedSample": "Dreamix Corrupted Sample",
     "ImageToCoarseVideo": "Image To Coarse Video (Dreamix)",
     "StackSubjectImages": "Stack Subject Images (Dreamix)",
+    "VideoContextWindows": "Video Context Windows (long clips)",
 }

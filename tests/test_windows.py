@@ -329,3 +329,70 @@ def tiny_video_max_frames_is_unbounded():
 
     return inflate_unet(tiny.tiny_unet2d()).max_frames is None
 
+
+# ------------------------------------------------------------------------------------------------------------ nodes
+def test_context_node_and_its_clear_errors(tiny_video_model):
+    from tunevideo import NODE_CLASS_MAPPINGS as N
+    from tunevideo.nodes.windows import check_context
+
+    (context,) = N["VideoContextWindows"]().run(8, 2, "flat", True)
+    assert context == ContextWindows(8, 2, "flat", True)
+    with pytest.raises(ValueError, match="context_overlap=8 must be smaller than context_length=8"):
+        N["VideoContextWindows"]().run(8, 8, "pyramid", False)
+    with pytest.raises(ValueError, match="context must come from Video Context Windows"):
+        check_context({"length": 8}, tiny_video_model, 20)
+    assert check_context(None, tiny_video_model, 20) is None
+
+
+def test_denoising_nodes_take_context(tiny_video_model, monkeypatch):
+    """One window covering the clip: the nodes' outputs equal those without a context bit for bit; several windows
+    run (progress per window) and an interrupt between windows stops the node."""
+    from test_nodes import cond
+    from tunevideo import NODE_CLASS_MAPPINGS as N
+    from tunevideo.nodes import host
+
+    latent = {"samples": torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    one, many = ContextWindows(4, 1), ContextWindows(3, 1)
+    with torch.inference_mode():
+        runs = {}
+        for name, context in (("plain", None), ("one", one), ("many", many)):
+            extra = {} if context is None else {"context": context}
+            (noise,) = N["DDIMInvertVideo"]().run(tiny_video_model, latent, cond(1), 2, **extra)
+            (out,) = N["SampleVideo"]().run(tiny_video_model, cond(2), cond(1), noise, 2, 5.0, 0.0, 0, **extra)
+            dreamix, _ = N["DreamixCorruptedSample"]().run(tiny_video_model, cond(2), cond(1), latent, 0.5, 4, 5.0, 0,
+                                                          **extra)
+            runs[name] = [noise["samples"], out["samples"], dreamix["samples"]]
+    assert all(torch.equal(a, b) for a, b in zip(runs["plain"], runs["one"], strict=True))
+    assert all(r.shape == (4, 4, 8, 8) and torch.isfinite(r).all() for r in runs["many"])
+    assert not torch.equal(runs["many"][1], runs["plain"][1])
+
+    checks = []
+
+    def interrupt():
+        checks.append(1)
+        if len(checks) == 2:  # before the first step's second window
+            raise InterruptedError("cancelled")
+
+    monkeypatch.setattr(host, "check_interrupt", interrupt)
+    with torch.inference_mode(), pytest.raises(InterruptedError):
+        N["SampleVideo"]().run(tiny_video_model, cond(2), cond(1), latent, 2, 5.0, 0.0, 0, context=many)
+    assert len(checks) == 2
+
+
+def test_video_p2p_nodes_take_context(tiny_video_model, caplog):
+    from test_video_p2p import FakeClip
+    from tunevideo import NODE_CLASS_MAPPINGS as N
+
+    video = tiny_video_model.replace(network=tiny_video_model.network.with_attention("video-p2p"))
+    clip, context = FakeClip(), ContextWindows(2, 1)
+    latent = {"samples": torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    args = dict(edit_prompt="a origami cat", mode="refine", cross_replace_steps=0.5, self_replace_steps=0.5,
+                blend_words="cat, cat", reweight="", blend_threshold=0.3, cfg=7.5)
+    with torch.inference_mode():
+        (inverted,) = N["NullTextInvertVideo"]().run(video, latent, clip, "a cat", 2, True, context=context)
+        edited, source, attention = N["VideoP2PEdit"]().run(video, inverted, clip, **args, context=context)
+        assert inverted["tunevideo_null_text"]["context"] == context
+        assert edited["samples"].shape == (3, 4, 8, 8) and torch.isfinite(edited["samples"]).all()
+        assert attention.shape[2] == 3 * (8 + 2)  # one tile per frame of the clip
+        N["VideoP2PEdit"]().run(video, inverted, clip, **args)
+    assert "will not retrace the inversion" in caplog.text
