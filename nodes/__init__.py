@@ -25,6 +25,7 @@ from .tune import OneShotTune
 from .tuned_files import LoadTunedVideoUNet, SaveTunedVideoUNet
 from .video import LoadVideoClip
 from .video_p2p import NullTextInvertVideo, VideoP2PEdit
+from .windows import VideoContextWindows
 
 host.register_model_folder()
 
@@ -53,6 +54,7 @@ NODE_CLASS_MAPPINGS = {
     "StackSubjectImages": StackSubjectImages,
     "VideoUNetAsModel": VideoUNetAsModel,
     "InvertedNoiseSigmas": InvertedNoiseSigmas,
+    "VideoContextWindows": VideoContextWindows,
 }
 
 for _cls in NODE_CLASS_MAPPINGS.values():
@@ -83,4 +85,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "StackSubjectImages": "Stack Subject Images (Dreamix)",
     "VideoUNetAsModel": "Video UNet As Model (core samplers, ControlNet)",
     "InvertedNoiseSigmas": "Inverted Noise Sigmas (start a core sampler)",
+    "VideoContextWindows": "Video Context Windows (long clips)",
 }

@@ -22,6 +22,7 @@ from . import host
 from .boundary import VIDEO_UNET, conditioning_entries, latent_to_video, video_to_latent
 from .common import seed_input
 from .tune import FORCE_MEMORY, PRESETS, TuningNode, run_tuning
+from .windows import check_context, context_input, denoising_progress
 
 logger = logging.getLogger(__name__)
 
@@ -136,18 +137,20 @@ class DreamixCorruptedSample:
             "cfg": ("FLOAT", {"default": DREAMIX.guidance_scale, "min": 0.0, "max": 50.0, "step": 0.1,
                               "tooltip": "Classifier-free guidance scale."}),
             "seed": seed_input(DREAMIX.seed, "Seed of the added noise."),
-        }}
+        }, "optional": {"context": context_input()}}
 
-    def run(self, video_unet, positive, negative, latent, noise_strength, steps, cfg, seed):
+    def run(self, video_unet, positive, negative, latent, noise_strength, steps, cfg, seed, context=None):
         cond = conditioning_entries(positive, "positive", video_unet)
         uncond = conditioning_entries(negative, "negative", video_unet)
         x0 = latent_to_video(latent, video_unet.latent_scale, "latent")
+        windows = check_context(context, video_unet, x0.shape[2])
+        callback, on_window = denoising_progress(steps, "DreamixCorruptedSample", windows, x0.shape[2])
         device = host.torch_device()
         host.free_accelerator()
-        fn = video_unet.model_fn(device)
+        fn = video_unet.model_fn(device, windows=windows, on_window=on_window)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         out, t0 = corrupted_sample(fn, video_unet.schedule, x0.to(device), cond, uncond, noise_strength, steps, cfg,
-                                   generator=gen, callback=host.Progress(steps, "DreamixCorruptedSample"))
+                                   generator=gen, callback=callback)
         logger.info("DreamixCorruptedSample: noise strength %.2f starts at timestep %d", noise_strength, t0)
         return video_to_latent(out, video_unet.latent_scale), t0
 

@@ -18,6 +18,7 @@ from .boundary import (
     video_to_latent,
 )
 from .common import seed_input
+from .windows import check_context, context_input, denoising_progress
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +43,17 @@ class DDIMInvertVideo:
                                                          "by strength, as KSampler does."}),
             "steps": ("INT", {"default": TAV.num_inv_steps, "min": 1, "max": 1000,
                               "tooltip": "Inversion steps; use the same number in SampleVideo (50)."}),
-        }}
+        }, "optional": {"context": context_input()}}
 
-    def run(self, video_unet, latent, conditioning, steps):
+    def run(self, video_unet, latent, conditioning, steps, context=None):
         x0 = latent_to_video(latent, video_unet.latent_scale, "latent")
-        context = conditioning_entries(conditioning, "conditioning", video_unet)
+        text = conditioning_entries(conditioning, "conditioning", video_unet)
+        windows = check_context(context, video_unet, x0.shape[2])
+        callback, on_window = denoising_progress(steps, "DDIMInvertVideo", windows, x0.shape[2])
         device = host.torch_device()
         host.free_accelerator()
-        fn = video_unet.model_fn(device)
-        x_t = ddim_invert(fn, video_unet.schedule, x0.to(device), context, steps,
-                          callback=host.Progress(steps, "DDIMInvertVideo"))
+        fn = video_unet.model_fn(device, windows=windows, on_window=on_window)
+        x_t = ddim_invert(fn, video_unet.schedule, x0.to(device), text, steps, callback=callback)
         tag = {"steps": steps, "frames": x0.shape[2], "base_hash": video_unet.base_hash}
         return (video_to_latent(x_t, video_unet.latent_scale, **{INVERTED_KEY: tag}),)
 
@@ -83,9 +85,9 @@ class SampleVideo:
             "eta": ("FLOAT", {"default": TAV.eta, "min": 0.0, "max": 1.0, "step": 0.01,
                               "tooltip": "DDIM eta: 0 is deterministic."}),
             "seed": seed_input(TAV.seed, "Seed for fresh noise and for eta > 0."),
-        }}
+        }, "optional": {"context": context_input()}}
 
-    def run(self, video_unet, positive, negative, latent, steps, cfg, eta, seed):
+    def run(self, video_unet, positive, negative, latent, steps, cfg, eta, seed, context=None):
         cond = conditioning_entries(positive, "positive", video_unet)
         uncond = conditioning_entries(negative, "negative", video_unet)
         device = host.torch_device()
@@ -97,10 +99,12 @@ class SampleVideo:
             x = torch.randn(x.shape, generator=gen)
         else:
             warning = _check_inverted(tag, video_unet, steps)
+        windows = check_context(context, video_unet, x.shape[2])
+        callback, on_window = denoising_progress(steps, "SampleVideo", windows, x.shape[2])
         host.free_accelerator()
-        fn = video_unet.model_fn(device)
+        fn = video_unet.model_fn(device, windows=windows, on_window=on_window)
         out = sample(fn, video_unet.schedule, x.to(device), cond, uncond, steps, cfg, eta, generator=gen,
-                     callback=host.Progress(steps, "SampleVideo"))
+                     callback=callback)
         result = (video_to_latent(out, video_unet.latent_scale),)
         return result if warning is None else {"ui": {"text": [warning]}, "result": result}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..modules.defaults import VP2P
 from ..modules.finite import finite_number
 from ..modules.methods.video_p2p.control import attention_image
@@ -9,6 +11,9 @@ from ..modules.methods.video_p2p.edit import edit_control, p2p_sample
 from ..modules.methods.video_p2p.null_text import NullTextConfig, null_text_invert_video
 from . import host
 from .boundary import VIDEO_UNET, check_tuned_frames, clip_prompt, clip_tokenizer, latent_to_video, video_to_latent
+from .windows import VIDEO_CONTEXT, check_context, context_input, denoising_progress
+
+logger = logging.getLogger(__name__)
 
 NULL_TEXT_KEY = "tunevideo_null_text"
 NT = NullTextConfig()
@@ -45,18 +50,23 @@ class NullTextInvertVideo:
                                          f"number."}),
             "fast": ("BOOLEAN", {"default": False, "tooltip": "Skip the null-text optimisation (Video-P2P --fast): "
                                                               "quicker, the source is then sampled unguided."}),
-        }}
+        }, "optional": {"context": context_input()}}
 
-    def run(self, video_unet, latent, clip, source_prompt, steps, fast):
+    def run(self, video_unet, latent, clip, source_prompt, steps, fast, context=None):
         x0 = latent_to_video(latent, video_unet.latent_scale, "latent")
         cond = clip_prompt(clip, source_prompt, "source_prompt", video_unet)
         uncond = clip_prompt(clip, "", "empty prompt", video_unet)
+        windows = check_context(context, video_unet, x0.shape[2])
+        callback, on_window = denoising_progress(steps * (1 if fast else 2), "NullTextInvertVideo", windows,
+                                                 x0.shape[2])
         host.free_accelerator()
         result = null_text_invert_video(video_unet, x0, cond, uncond, NullTextConfig(steps=steps), fast=fast,
-                                        device=host.torch_device(),
-                                        callback=host.Progress(steps * (1 if fast else 2), "NullTextInvertVideo"))
+                                        device=host.torch_device(), callback=callback, windows=windows,
+                                        on_window=on_window)
         tag = {"uncond": result.uncond.cpu(), "steps": steps, "frames": x0.shape[2], "prompt": source_prompt,
                "fast": fast, "base_hash": video_unet.base_hash}
+        if windows is not None:
+            tag["context"] = windows
         return (video_to_latent(result.noise, video_unet.latent_scale, **{NULL_TEXT_KEY: tag}),)
 
 
@@ -104,10 +114,12 @@ class VideoP2PEdit:
                                                      f"{VP2P.blend_threshold})."}),
             "cfg": ("FLOAT", {"default": VP2P.guidance_scale, "min": 1.0, "max": 30.0, "step": 0.1,
                               "tooltip": f"Guidance scale (Video-P2P: {VP2P.guidance_scale})."}),
-        }}
+        }, "optional": {"context": (VIDEO_CONTEXT, {"tooltip": "Optional context windows for long clips: the same "
+                                                               "as the null-text inversion's (the source branch "
+                                                               "retraces that path)."})}}
 
     def run(self, video_unet, inverted, clip, edit_prompt, mode, cross_replace_steps, self_replace_steps,
-            blend_words, reweight, blend_threshold, cfg):
+            blend_words, reweight, blend_threshold, cfg, context=None):
         tag = inverted.get(NULL_TEXT_KEY) if isinstance(inverted, dict) else None
         if tag is None:
             raise ValueError("inverted must come from Null-Text Invert Video (it carries the per-step embeddings)")
@@ -121,13 +133,16 @@ class VideoP2PEdit:
                                blend=_pair(blend_words), reweight=_weights(reweight),
                                cross_replace_steps=cross_replace_steps, self_replace_steps=self_replace_steps,
                                blend_threshold=blend_threshold)
+        windows = check_context(context, video_unet, x_t.shape[2])
+        _check_same_windows(tag.get("context"), windows)
+        callback, on_window = denoising_progress(tag["steps"], "VideoP2PEdit", windows, x_t.shape[2])
         device = host.torch_device()
         host.free_accelerator()
         network = video_unet.network.clone(device=device)
         null_text = tag["uncond"] if len(tag["uncond"]) else None
         out, _, controller = p2p_sample(network, video_unet.schedule, x_t.to(device), cond_src, cond_edit, uncond,
                                         control, steps=tag["steps"], cfg=cfg, null_text=null_text,
-                                        fast=tag["fast"], callback=host.Progress(tag["steps"], "VideoP2PEdit"))
+                                        fast=tag["fast"], callback=callback, windows=windows, on_window=on_window)
         scale = video_unet.latent_scale
         edited, source = video_to_latent(out[1:], scale), video_to_latent(out[:1], scale)
         return edited, source, attention_image(controller, control, x_t.shape[3])
@@ -138,6 +153,14 @@ def _check_inversion(tag: dict, video_unet) -> None:
         raise ValueError(f"inverted was made with another model (base {tag['base_hash']}, this VIDEO_UNET is "
                          f"{video_unet.base_hash}); invert with the model you edit with")
     check_tuned_frames(tag["frames"], video_unet, "inverted")
+
+
+def _check_same_windows(inverted_with, windows) -> None:
+    """The edit's source branch retraces the inversion only with the inversion's windows: say so when they differ."""
+    if inverted_with != windows:
+        logger.warning("VideoP2PEdit: inverted was made with context windows %s but the edit runs with %s; the "
+                       "source branch will not retrace the inversion exactly (feed both nodes the same context)",
+                       inverted_with, windows)
 
 
 def _pair(text: str) -> tuple[str, str] | None:

@@ -117,6 +117,12 @@ class VideoNetwork(nn.Module, metaclass=ABCMeta):
         """Tensors a tuned-weights delta carries besides the tuned ones (what the base file does not hold)."""
 
     @property
+    def max_frames(self) -> int | None:
+        """The longest clip one forward takes (AnimateDiff: its motion module's positional table); None: any. Longer
+        clips run through context windows no longer than this (:mod:`~..sampling.windows`)."""
+        return None
+
+    @property
     def config(self):
         return self._core.config
 
