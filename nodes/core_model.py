@@ -18,8 +18,10 @@ from ..modules.defaults import TAV
 from ..modules.networks.base import ControlResiduals
 from ..modules.networks.frame_batch import run_frame_batch, video_spans
 from ..modules.sampling.sigmas import FINALS, SPACINGS, sampler_sigmas, to_sigma_space
+from ..modules.sampling.windows import ContextWindows, windowed
 from . import host
 from .boundary import INVERTED_KEY, VIDEO_UNET, model_schedule, weight_patches_id
+from .windows import check_context, context_input
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +86,11 @@ class VideoDiffusionModel(nn.Module):
     shared from (no second CPU copy of the weights after ComfyUI offloads it).
     """
 
-    def __init__(self, network: nn.Module, frames_per_video: int = 0):
+    def __init__(self, network: nn.Module, frames_per_video: int = 0, windows: ContextWindows | None = None):
         super().__init__()
         self.network = network
         self.frames_per_video = int(frames_per_video)
+        self.windows = windows
         self.skip_count = down_residual_count(network.config)
         self._homes = {name: p.data for name, p in network.named_parameters()}
 
@@ -128,10 +131,30 @@ class VideoDiffusionModel(nn.Module):
         residuals = control_residuals(control, self.skip_count, dtype)
         spans = video_spans(x.shape[0], len(options.get("cond_or_uncond") or [0]), self.frames_per_video)
 
-        def clip(video, t, ctx, res):
-            return self.network(video.to(dtype), t, ctx.to(dtype), residuals=res)
+        return run_frame_batch(self._clip_fn(dtype), x, timesteps, context, spans, residuals)
 
-        return run_frame_batch(clip, x, timesteps, context, spans, residuals)
+    def _clip_fn(self, dtype: torch.dtype):
+        """``clip(videos, t, context, residuals)``: the network on whole clips, or window by window (issue 18's
+        context windows, each window's residuals picked from its frames, an interrupt honoured between windows)."""
+        network = self.network
+
+        def clip(videos, t, ctx, res):
+            if self.windows is None:
+                return network(videos.to(dtype), t, ctx.to(dtype), residuals=res)
+            frames = videos.shape[2]
+            current = {}
+
+            def on_window(window):
+                host.check_interrupt()
+                current["frames"] = window.frames
+
+            def model(xw, tw, cw):
+                part = None if res is None else res.select_frames(current["frames"], frames)
+                return network(xw.to(dtype), tw, cw.to(dtype), residuals=part)
+
+            return windowed(model, self.windows, network.max_frames, on_window)(videos, t, ctx)
+
+        return clip
 
 
 def _refuse_weight_hooks(hooks) -> None:
@@ -164,9 +187,9 @@ class VideoUNetAsModel:
                                          "tooltip": "Frames of one video in the latent batch; 0: the whole latent "
                                                     "is one video. Set it when a latent holds several videos "
                                                     "back to back."}),
-        }}
+        }, "optional": {"context": context_input()}}
 
-    def run(self, model, video_unet, frames_per_video):
+    def run(self, model, video_unet, frames_per_video, context=None):
         patches = weight_patches_id(model)
         if patches and patches != video_unet.source_patches:
             raise ValueError("model carries weight patches (e.g. a LoRA) that this VIDEO_UNET was not built with; "
@@ -181,7 +204,8 @@ class VideoUNetAsModel:
         if width is not None and width != video_unet.network.config.cross_attention_dim:
             raise ValueError(f"model takes {width}-dim text conditioning but the VIDEO_UNET "
                              f"{video_unet.network.config.cross_attention_dim}; connect the MODEL it was built from")
-        module = VideoDiffusionModel(video_unet.network.clone(), frames_per_video)
+        windows = check_context(context, video_unet, frames_per_video or None)
+        module = VideoDiffusionModel(video_unet.network.clone(), frames_per_video, windows)
         return (host.video_model_patcher(model, module, module.park, _refuse_weight_hooks),)
 
 

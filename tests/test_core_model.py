@@ -256,3 +256,35 @@ def test_inverted_noise_sigmas_node_scales_the_noise_into_sigma_space():
     assert len(sigmas) == 26 and sigmas[-1] == 0
     with pytest.raises(ValueError, match="DDIMInvertVideo"):
         InvertedNoiseSigmas().run(_Model(s), {"samples": noise["samples"]}, "ddim", "alpha_0", 0)
+
+
+def test_context_windows_in_the_core_wrapper(network):
+    """Issue 18's windows through VideoUNetAsModel: one window covering the clip is the windowless call bit for bit
+    (ControlNet residuals included); two windows equal the engine's windowed model on each conditioning chunk."""
+    from tunevideo.modules.networks.base import ControlResiduals
+    from tunevideo.modules.sampling.windows import ContextWindows, windowed
+
+    f = 5
+    x, t = _rand(2 * f, 4, 8, 8), torch.full((2 * f,), 300.0)
+    ctx = torch.cat([_rand(1, 5, CTX_DIM).expand(f, 5, CTX_DIM), _rand(1, 5, CTX_DIM).expand(f, 5, CTX_DIM)])
+    opts = {"cond_or_uncond": [0, 1]}
+    res = ControlResiduals(tuple(_rand(2 * f, 32, 8, 8) * 0.1 if i == 0 else torch.zeros(()) for i in range(12)),
+                           torch.zeros(()))
+    control = {"output": [r if r.dim() else None for r in res.down], "middle": [None]}
+    with torch.no_grad():
+        plain = VideoDiffusionModel(network.clone())(x, t, ctx, control=control, transformer_options=opts)
+        whole = VideoDiffusionModel(network.clone(), windows=ContextWindows(length=8, overlap=2))(
+            x, t, ctx, control=control, transformer_options=opts)
+        assert torch.equal(plain, whole)
+        two = ContextWindows(length=3, overlap=1, fuse="flat")
+        got = VideoDiffusionModel(network.clone(), windows=two)(x, t, ctx, transformer_options=opts)
+        fn = windowed(lambda v, tt, c: network(v, tt, c), two)
+        for k in range(2):
+            clip = x[k * f:(k + 1) * f].permute(1, 0, 2, 3)[None]
+            want = fn(clip, t[:1], ctx[k * f:k * f + 1])[0].permute(1, 0, 2, 3)
+            assert (got[k * f:(k + 1) * f] - want).abs().max() <= 1e-5
+    assert not torch.allclose(got, VideoDiffusionModel(network.clone())(x, t, ctx, transformer_options=opts),
+                              atol=1e-4)
+    picked = res.select_frames([3, 4], f)
+    assert torch.equal(picked.down[0], torch.cat([res.down[0][3:5], res.down[0][f + 3:f + 5]]))
+    assert picked.mid.dim() == 0

@@ -51,6 +51,18 @@ class ControlResiduals(NamedTuple):
         """The diffusers UNet keyword arguments that add these residuals."""
         return {"down_block_additional_residuals": tuple(self.down), "mid_block_additional_residual": self.mid}
 
+    def select_frames(self, frames, clip_frames: int) -> ControlResiduals:
+        """The residuals of frames ``frames`` (indices into each clip of ``clip_frames`` frames) of every clip: what
+        one context window of the clips needs."""
+        def pick(r: torch.Tensor) -> torch.Tensor:
+            if r.dim() == 0:
+                return r
+            idx = torch.as_tensor(list(frames), device=r.device)
+            clips = r.reshape(r.shape[0] // clip_frames, clip_frames, *r.shape[1:])
+            return clips.index_select(1, idx).flatten(0, 1)
+
+        return ControlResiduals(tuple(pick(r) for r in self.down), pick(self.mid))
+
 
 class NetworkBase(Enum):
     """Which base a :class:`VideoNetwork` was built on. The value is the name LoRA files record as ``base``."""
