@@ -73,18 +73,25 @@ class OneShotTune(TuningNode):
             "prompt_note": ("STRING", {"default": "", "tooltip": "Source prompt text, stored in saved weights' "
                                                                  "metadata (CONDITIONING carries no text)."}),
             "force_memory": FORCE_MEMORY,
+            "context": CONTEXT_INPUT,
         }}
 
     def run(self, video_unet, latent, positive, steps, learning_rate, seed, trainable, custom_patterns, batch_size,
-            gradient_checkpointing, mixed_precision, prompt_note="", force_memory=False):
+            gradient_checkpointing, mixed_precision, prompt_note="", force_memory=False, context=None):
         patterns = parse_patterns(custom_patterns if trainable == "custom" else trainable, PRESETS)
         config = TuneConfig(steps=steps, learning_rate=learning_rate, batch_size=batch_size, trainable=patterns,
                             seed=seed, gradient_checkpointing=gradient_checkpointing,
-                            mixed_precision=mixed_precision)
+                            mixed_precision=mixed_precision, windows=context)
         return run_tuning(video_unet, latent, positive, config, "OneShotTune", prompt_note, force_memory)
 
 
-#: The training nodes' last optional input: start even when the memory estimate says the run does not fit.
+#: The training nodes' optional context windows (VideoContextWindows): each step trains on one window of the clip.
+CONTEXT_INPUT = ("VIDEO_CONTEXT", {"tooltip": "Optional context windows (Video Context Windows): each training step "
+                                              "trains on one window of the clip, windows visited in a seeded "
+                                              "shuffled cycle that covers every frame; memory is that of one "
+                                              "window. Not connected: every step trains on the whole clip."})
+
+#: The training nodes' optional input: start even when the memory estimate says the run does not fit.
 FORCE_MEMORY = ("BOOLEAN", {"default": False, "tooltip": "Start training even when the memory estimate (printed in "
                                                          "the console and on the loss curve) exceeds the free "
                                                          "memory. Off: such a run is refused before it starts."})

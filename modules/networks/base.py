@@ -98,6 +98,12 @@ class VideoNetwork(nn.Module, metaclass=ABCMeta):
         """Tensors a tuned-weights delta carries besides the tuned ones (what the base file does not hold)."""
 
     @property
+    def max_frames(self) -> int | None:
+        """The longest clip the temporal layers take in one forward (a motion module's positional table); None:
+        any length. Longer clips go through context windows (:mod:`~..sampling.windows`)."""
+        return None
+
+    @property
     def config(self):
         return self._core.config
 
