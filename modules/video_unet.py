@@ -16,6 +16,7 @@ import torch
 from .defaults import SD_LATENT_SCALE
 from .networks.base import VideoNetwork, own_parameter
 from .sampling.schedule import NoiseSchedule
+from .sampling.windows import ContextWindows, WindowHook, windowed
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,17 @@ class VideoUNet:
         present = set(self.network.state_dict())
         return sorted((set(self.network.added_parameters()) | set(self.tuned_names)) & present)
 
-    def model_fn(self, device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None):
-        """``fn(x [b,c,f,h,w] fp32, t, context) -> out fp32`` running the UNet in its dtype on ``device``."""
+    def model_fn(self, device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None,
+                 windows: ContextWindows | None = None, on_window: WindowHook | None = None):
+        """``fn(x [b,c,f,h,w] fp32, t, context) -> out fp32`` running the UNet in its dtype on ``device``.
+
+        ``windows``: run long clips window by window and fuse (:func:`~.sampling.windows.windowed`; checked against
+        the network's :attr:`~.networks.base.VideoNetwork.max_frames`), ``on_window`` before each window. None:
+        the whole clip in one call."""
+        fn = self._model_fn(device, autocast_dtype)
+        return windowed(fn, windows, self.network.max_frames, on_window)
+
+    def _model_fn(self, device, autocast_dtype):
         unet = self.network
         if device is not None and torch.device(device) != unet.device:
             unet = unet.clone(device=device)

@@ -257,6 +257,7 @@ class MotionUNet(VideoNetwork):
 
     @property
     def max_frames(self) -> int:
+        """The motion module's positional table: the longest clip (or context window) it takes."""
         return self.info.max_frames
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
@@ -268,8 +269,8 @@ class MotionUNet(VideoNetwork):
         b, f = sample.shape[0], sample.shape[2]
         if temporal and f > self.info.max_frames:
             raise ValueError(f"clip of {f} frames is longer than the motion module's positional table "
-                             f"({self.info.max_frames} frames, {self.info.name}); use at most {self.info.max_frames}, "
-                             f"or context windows (VIDEO_CONTEXT) no longer than that")
+                             f"({self.info.max_frames} frames, {self.info.name}); use at most {self.info.max_frames} "
+                             f"frames, or context windows with context_length <= {self.info.max_frames}")
         if encoder_hidden_states.shape[0] != b:
             raise ValueError(f"encoder_hidden_states batch {encoder_hidden_states.shape[0]} != sample batch {b}")
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)

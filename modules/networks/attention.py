@@ -79,42 +79,58 @@ def previous_frame_index(num_frames: int, device=None) -> torch.Tensor:
     return idx
 
 
-def sparse_causal_kv(x: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """Gather keys or values of the first and previous frame: ``[(b f), n, c] -> [(b f), 2n, c]``."""
+def anchored_kv(attn, k: torch.Tensor, v: torch.Tensor, num_frames: int, anchor=None):
+    """Frame 0's keys and values ``[b, n, c]`` that the clip's frames attend to: None, None without an ``anchor``
+    (each clip's own first frame), else the whole clip's frame 0 from the :class:`~..sampling.anchor.FrameAnchor` of a
+    windowed call (recorded by ``attn`` in the window holding frame 0, read in the others)."""
+    if anchor is None:
+        return None, None
+    first = (rearrange(x, "(b f) n c -> b f n c", f=num_frames)[:, 0] for x in (k, v))
+    return anchor.exchange(attn, *first)
+
+
+def sparse_causal_kv(x: torch.Tensor, num_frames: int, first: torch.Tensor | None = None) -> torch.Tensor:
+    """Gather keys or values of the first and previous frame: ``[(b f), n, c] -> [(b f), 2n, c]``. ``first``
+    ``[b, n, c]``: the anchor frame's, instead of the clip's own first frame's."""
     x = rearrange(x, "(b f) n c -> b f n c", f=num_frames)
-    first = x[:, :1].expand(-1, num_frames, -1, -1)
+    first = x[:, :1] if first is None else first[:, None]
+    first = first.expand(-1, num_frames, -1, -1)
     prev = x[:, previous_frame_index(num_frames, x.device)]
     return rearrange(torch.cat([first, prev], dim=2), "b f n c -> (b f) n c")
 
 
 class SparseCausalAttnProcessor:
-    """Self-attention where frame ``i`` attends to frames ``0`` and ``i-1`` (Tune-A-Video ST-Attn)."""
+    """Self-attention where frame ``i`` attends to frames ``0`` and ``i-1`` (Tune-A-Video ST-Attn); in a context
+    window, frame 0 is the whole clip's (``anchor``) and the window's first frame is its own previous frame."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 num_frames: int = 1, frame_size: tuple[int, int] | None = None):
+                 num_frames: int = 1, frame_size: tuple[int, int] | None = None, anchor=None):
         """``hidden_states``: ``[(b f), n, c]`` -> ``[(b f), n, c]``."""
         q = attn.to_q(hidden_states)
-        k = sparse_causal_kv(attn.to_k(hidden_states), num_frames)
-        v = sparse_causal_kv(attn.to_v(hidden_states), num_frames)
-        return attend(attn, q, k, v)
+        k, v = attn.to_k(hidden_states), attn.to_v(hidden_states)
+        k0, v0 = anchored_kv(attn, k, v, num_frames, anchor)
+        return attend(attn, q, sparse_causal_kv(k, num_frames, k0), sparse_causal_kv(v, num_frames, v0))
 
 
-def first_frame_kv(x: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """Keys or values of each clip's first frame for every frame: ``[(b f), n, c] -> [(b f), n, c]``."""
+def first_frame_kv(x: torch.Tensor, num_frames: int, first: torch.Tensor | None = None) -> torch.Tensor:
+    """Keys or values of each clip's first frame for every frame: ``[(b f), n, c] -> [(b f), n, c]``. ``first``
+    ``[b, n, c]``: the anchor frame's, instead of the clip's own first frame's."""
     x = rearrange(x, "(b f) n c -> b f n c", f=num_frames)
-    return rearrange(x[:, :1].expand(-1, num_frames, -1, -1), "b f n c -> (b f) n c")
+    first = x[:, :1] if first is None else first[:, None]
+    return rearrange(first.expand(-1, num_frames, -1, -1), "b f n c -> (b f) n c")
 
 
 class FirstFrameAttnProcessor:
-    """Self-attention where every frame attends to frame 0 of its clip (Video-P2P's ``FrameAttention``)."""
+    """Self-attention where every frame attends to frame 0 of its clip (Video-P2P's ``FrameAttention``); in a
+    context window, frame 0 of the whole clip (``anchor``)."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 num_frames: int = 1, frame_size: tuple[int, int] | None = None):
+                 num_frames: int = 1, frame_size: tuple[int, int] | None = None, anchor=None):
         """``hidden_states``: ``[(b f), n, c]`` -> ``[(b f), n, c]``."""
         q = attn.to_q(hidden_states)
-        k = first_frame_kv(attn.to_k(hidden_states), num_frames)
-        v = first_frame_kv(attn.to_v(hidden_states), num_frames)
-        return attend(attn, q, k, v)
+        k, v = attn.to_k(hidden_states), attn.to_v(hidden_states)
+        k0, v0 = anchored_kv(attn, k, v, num_frames, anchor)
+        return attend(attn, q, first_frame_kv(k, num_frames, k0), first_frame_kv(v, num_frames, v0))
 
 
 class TemporalAttnProcessor:
@@ -182,8 +198,9 @@ class FineCoarseAttnProcessor:
         self.pool_size = int(pool_size)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 num_frames: int = 1, frame_size: tuple[int, int] | None = None):
-        """``hidden_states``: ``[(b f), h*w, c]`` -> ``[(b f), h*w, c]``."""
+                 num_frames: int = 1, frame_size: tuple[int, int] | None = None, anchor=None):
+        """``hidden_states``: ``[(b f), h*w, c]`` -> ``[(b f), h*w, c]``. ``anchor`` (context windows) is not read:
+        FFAM singles out no frame; its coarse tokens are those of the window's other frames."""
         q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         if num_frames > 1:
             if frame_size is None:

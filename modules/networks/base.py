@@ -99,8 +99,8 @@ class VideoNetwork(nn.Module, metaclass=ABCMeta):
 
     @property
     def max_frames(self) -> int | None:
-        """The longest clip the temporal layers take in one forward (a motion module's positional table); None:
-        any length. Longer clips go through context windows (:mod:`~..sampling.windows`)."""
+        """The longest clip one forward takes (AnimateDiff: its motion module's positional table); None: any. Longer
+        clips run through context windows no longer than this (:mod:`~..sampling.windows`)."""
         return None
 
     @property

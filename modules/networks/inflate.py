@@ -13,7 +13,8 @@ Tune-A-Video (Wu et al., ICCV 2023), Sec. 4.1, as implemented by its ``UNet3DCon
 How the layers learn the clip length: :meth:`InflatedUNet.forward` passes ``num_frames``, the latent size and the
 temporal on/off flag as diffusers' ``cross_attention_kwargs`` (:func:`frame_kwargs`), which ``UNet2DConditionModel``
 hands to every transformer block (as diffusers hands ``num_frames`` to ``UNetMotionModel``'s blocks); the blocks pass
-``num_frames``/``frame_size`` to their attention processors and norms as arguments. Only the ResNets' GroupNorms,
+``num_frames``/``frame_size`` (and, inside a context window, the clip's frame-0 anchor: :mod:`~..sampling.anchor`) to
+their attention processors and norms as arguments. Only the ResNets' GroupNorms,
 which diffusers calls as ``norm(x)``, read it from a :class:`~.norms.FrameScope` that ``forward`` opens and closes.
 
 The 2D weights are shared with the input UNet, never copied and never modified: :func:`share_clone` builds a new
@@ -35,6 +36,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from ..convert.unet import UnsupportedModelError
+from ..sampling.anchor import FrameAnchor, current_anchor
 from .attention import (
     FineCoarseAttnProcessor,
     FirstFrameAttnProcessor,
@@ -75,11 +77,15 @@ def variant_options(attention: str, **values) -> dict:
 TEMPORAL_VARIANTS = ("tune-a-video", "ei2-stam")
 
 
-def frame_kwargs(num_frames: int, latent_size: tuple[int, int] | None = None, temporal: bool = True) -> dict:
+def frame_kwargs(num_frames: int, latent_size: tuple[int, int] | None = None, temporal: bool = True,
+                 anchor: FrameAnchor | None = None) -> dict:
     """The ``cross_attention_kwargs`` that tell :class:`VideoTransformerBlock` what it runs on: ``num_frames`` per
-    clip, the latent's ``(h, w)`` (FFAM's token grids) and whether the temporal layers run (False: frames are
-    independent images, Dreamix)."""
-    return {"num_frames": int(num_frames), "latent_size": latent_size, "temporal": bool(temporal)}
+    clip, the latent's ``(h, w)`` (FFAM's token grids), whether the temporal layers run (False: frames are
+    independent images, Dreamix) and, in a context window, the whole clip's frame-0 ``anchor`` for ``attn1``."""
+    kwargs = {"num_frames": int(num_frames), "latent_size": latent_size, "temporal": bool(temporal)}
+    if anchor is not None:
+        kwargs["anchor"] = anchor
+    return kwargs
 
 
 def attention_processor(attention: str, options: dict | None = None):
@@ -150,7 +156,8 @@ class VideoTransformerBlock(nn.Module):
         kw = cross_attention_kwargs or {}
         f, latent_size = int(kw.get("num_frames", 1)), kw.get("latent_size")
         grid = level_grid(latent_size, hidden_states.shape[1]) if f > 1 and latent_size else None
-        h = self.attn1(self.norm1(hidden_states), num_frames=f, frame_size=grid) + hidden_states
+        anchor = {"anchor": kw["anchor"]} if kw.get("anchor") is not None else {}  # context windows only
+        h = self.attn1(self.norm1(hidden_states), num_frames=f, frame_size=grid, **anchor) + hidden_states
         if self.attn2 is not None:
             h = self.attn2(self.norm2(h), encoder_hidden_states=encoder_hidden_states, num_frames=f) + h
         h = self.ff(self.norm3(h)) + h
@@ -186,7 +193,7 @@ class InflatedUNet(VideoNetwork):
         t = torch.as_tensor(timestep, device=sample.device)
         t = repeat(t.reshape(-1).expand(b), "b -> (b f)", f=f)
         context = repeat(encoder_hidden_states, "b n d -> (b f) n d", f=f)
-        frames = frame_kwargs(f, tuple(sample.shape[-2:]), temporal)
+        frames = frame_kwargs(f, tuple(sample.shape[-2:]), temporal, current_anchor())
         with FrameScope(f):  # the ResNets' GroupNorms: diffusers gives them no argument channel
             out = self._core(rearrange(sample, "b c f h w -> (b f) c h w"), t, context, return_dict=False,
                              cross_attention_kwargs=frames)[0]

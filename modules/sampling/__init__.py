@@ -1,1 +1,1 @@
-"""Noise schedule, conditioning as ComfyUI combines it, the one DDIM loop and its guidance wrappers."""
+"""Noise schedule, conditioning as ComfyUI combines it, the one DDIM loop, guidance wrappers and context windows."""

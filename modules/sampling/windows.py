@@ -7,14 +7,35 @@ every frame's prediction is the weighted average of the predictions of the windo
 (:meth:`ContextWindows.weights`). Every frame is in at least one window; a clip no longer than a window is one window,
 the whole clip, so that path equals the windowless one bit for bit.
 
-Shapes: a window is a list of frame indices into the clip's ``f`` frames; weights are ``[size]`` float32.
+Windows wrap the model, not the sampler: :func:`windowed` turns a conditional model ``model(x, t, context)`` into
+one that runs window by window and fuses, so DDIM inversion, sampling (Tune-A-Video, Dreamix's corrupted-video start),
+null-text inversion and Video-P2P's two-branch edit all get windows from the one DDIM loop (:mod:`.ddim`), and each
+window's frames share the clip's frame 0 as their anchor (:mod:`.anchor`).
+
+What a layer sees inside a window (the clip is the window; the rest of the clip is not there):
+
+- Sparse-causal attention (Tune-A-Video): frame ``i`` attends to frame 0 of the *whole clip* (the anchor) and to its
+  previous frame. The previous frame of a window's first frame is the frame before the window edge, which this
+  window does not hold; that frame uses itself, as frame 0 of a clip does.
+- First-frame attention (Video-P2P): every frame attends to frame 0 of the whole clip (the anchor).
+- FFAM (EI²): each patch sees its own frame's fine patches and the pooled patches of the other frames of its
+  *window* (the anchor is not added; FFAM does not single out frame 0).
+- Temporal attention (Tune-A-Video's, EI²'s STAM, AnimateDiff's motion module) and the ResNets' frame-pooled
+  GroupNorm statistics are limited to the window's frames; AnimateDiff's positional table must hold a window.
+
+Shapes: a window is a list of frame indices into the clip's ``f`` frames; weights are ``[size]`` float32; the wrapped
+model takes and returns ``[b, c, f, h, w]``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from .anchor import FrameAnchor, anchor_scope
+from .conditioning import ModelFn
 
 FUSE_METHODS = ("pyramid", "flat")
 
@@ -90,3 +111,80 @@ class ContextWindows:
             return torch.ones(size)
         j = torch.arange(size)
         return torch.minimum(j + 1, size - j).float()
+
+
+@dataclass(frozen=True)
+class Window:
+    """The window a wrapped model is about to run (what :func:`windowed` tells its ``on_window`` hook).
+
+    Attributes:
+        index, count: this is window ``index`` of ``count`` in this model call.
+        frames: its frame indices into the clip, in the order the model sees them.
+        share: ``[size]`` float32, this window's share of each of its frames' fused prediction (a frame's shares over
+            all windows sum to 1; a frame in one window only has share 1).
+        clip_frames: the clip's frame count.
+    """
+
+    index: int
+    count: int
+    frames: tuple[int, ...]
+    share: torch.Tensor
+    clip_frames: int
+
+    @property
+    def whole(self) -> bool:
+        """The window is the whole clip, in order (the windowless computation)."""
+        return self.count == 1
+
+
+WindowHook = Callable[[Window], None]
+
+
+def fusion_shares(windows: ContextWindows, spans: list[list[int]], frames: int) -> list[torch.Tensor]:
+    """Each window's share ``w_k(j) / sum_{k' holding j} w_k'(j)`` of its frames' fused predictions, ``[size]``."""
+    weights = [windows.weights(len(span)) for span in spans]
+    totals = torch.zeros(frames)
+    for span, w in zip(spans, weights, strict=True):
+        totals[span] += w
+    return [w / totals[span] for span, w in zip(spans, weights, strict=True)]
+
+
+def windowed(model: ModelFn, windows: ContextWindows | None, max_frames: int | None = None,
+             on_window: WindowHook | None = None, name: str = "context") -> ModelFn:
+    """``model(x [b,c,f,h,w], t, context) -> [b,c,f,h,w]`` run over the context windows of ``x``'s frames.
+
+    Each window's frames run as a clip of their own (the window holding frame 0 first, recording the anchor:
+    :class:`~.anchor.FrameAnchor`); frame ``j``'s output is ``sum_k share_k(j) out_k(j)`` over the windows ``k``
+    holding it (:func:`fusion_shares`). A clip that fits one window is passed to ``model`` as it is, so the result
+    equals the unwrapped model's bit for bit. ``windows=None``: ``model`` itself.
+
+    ``max_frames``: the longest clip the network takes (AnimateDiff's table), checked against the windows on every
+    call (ValueError naming ``name``). ``on_window(window)`` runs before each window (progress, interrupts,
+    attention controllers that keep per-frame state). Differentiable (null-text inversion optimises through it).
+    """
+    if windows is None:
+        return model
+
+    def run(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        frames = x.shape[2]
+        windows.check(frames, max_frames, name)
+        spans = windows.spans(frames)
+        shares = fusion_shares(windows, spans, frames)
+        if len(spans) == 1:
+            if on_window is not None:
+                on_window(Window(0, 1, tuple(spans[0]), shares[0], frames))
+            return model(x, t, context)
+        anchor, out = FrameAnchor(), None
+        for k, (span, share) in enumerate(zip(spans, shares, strict=True)):
+            if on_window is not None:
+                on_window(Window(k, len(spans), tuple(span), share, frames))
+            idx = torch.tensor(span, device=x.device)
+            anchor.recording = k == 0  # spans[0] starts at frame 0
+            with anchor_scope(anchor):
+                part = model(x.index_select(2, idx), t, context)
+            if out is None:
+                out = part.new_zeros(*part.shape[:2], frames, *part.shape[3:])
+            out = out.index_add(2, idx.to(part.device), part * share.to(part).view(1, 1, -1, 1, 1))
+        return out
+
+    return run

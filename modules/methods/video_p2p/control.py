@@ -5,6 +5,11 @@ and the processors through which an inflated UNet's cross-attention (``attn2``) 
 What is edited, and when, is described in :mod:`.edit`. The maps are materialised only on the steps and layers whose
 maps the controller edits or stores (cross: the first ``cross_until`` steps and the local-blend layers; temporal:
 the first ``self_until`` steps); every other call runs SDPA (:func:`~...networks.attention.attend`).
+
+With context windows (:mod:`~...sampling.windows`) the processors see one window's frames at a time: the edits are
+per frame (cross) or within the window (temporal), and the maps kept for the local blend go to their frames of the
+whole clip, weighted by the window's share of each frame's fused prediction (:meth:`AttentionController.enter_window`),
+so the blend mask stays per frame of the clip.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from ...defaults import VP2P
 from ...networks.attention import attend, attend_probs, attention_probs
 from ...networks.base import NetworkBase
 from ...networks.inflate import InflatedUNet, VideoTransformerBlock
+from ...sampling.windows import Window
 
 BLEND_BLOCKS = ("down_blocks.2.", "up_blocks.1.")  # cross-attention at 1/4 of the latent resolution (SD1.x/2.x)
 
@@ -60,6 +66,11 @@ class AttentionController:
         self.cross_until = int(control.cross_replace_steps * (steps + 1))
         self.self_until = int(control.self_replace_steps * steps)
         self.blend_from = int(control.start_blend * steps)
+        self.window: Window | None = None  # the context window being run (None: the whole clip)
+
+    def enter_window(self, window: Window) -> None:
+        """The processors are about to see ``window``'s frames (the ``on_window`` hook of a windowed model)."""
+        self.window = window
 
     def cross(self, probs: torch.Tensor, name: str, blend_layer: bool) -> torch.Tensor:
         """``probs`` ``[4, f, h, n, L]`` (batch = uncond src/edit, cond src/edit) -> edited."""
@@ -75,9 +86,20 @@ class AttentionController:
                 new = new * c.reweight.to(src)
             probs = torch.cat([probs[:3], new[None]])
         if blend_layer:  # kept for local blend and for the attention-map view
-            cond = probs[2:].detach()
-            self.state.store[name] = self.state.store[name] + cond if name in self.state.store else cond.clone()
+            self.keep(name, probs[2:].detach())
         return probs
+
+    def keep(self, name: str, cond: torch.Tensor) -> None:
+        """Add one step's conditional maps ``[2, f, h, n, L]`` of layer ``name`` to the store, per frame of the clip:
+        a window's maps go to its frames, times its share of them (the shares of a frame sum to 1 per step)."""
+        store, w = self.state.store, self.window
+        if w is None or w.whole:
+            store[name] = store[name] + cond if name in store else cond.clone()
+            return
+        if name not in store:
+            store[name] = cond.new_zeros(cond.shape[0], w.clip_frames, *cond.shape[2:])
+        idx = torch.tensor(w.frames, device=cond.device)
+        store[name] = store[name].index_add(1, idx, cond * w.share.to(cond).view(1, -1, 1, 1, 1))
 
     def edits_cross(self, blend_layer: bool) -> bool:
         """Whether this step's cross-attention maps are edited (replace/refine/reweight) or stored (blend layers):

@@ -34,6 +34,7 @@ from ...networks.inflate import InflatedUNet
 from ...sampling.ddim import ddim_grid, ddim_loop
 from ...sampling.guidance import two_branch_guided
 from ...sampling.schedule import NoiseSchedule
+from ...sampling.windows import ContextWindows, Window, WindowHook, windowed
 from .control import AttentionController, EditControl, controlled_unet
 from .prompt_align import MAX_TOKENS, refinement_mapper, replacement_mapper, token_weights, word_mask
 
@@ -44,7 +45,8 @@ Callback = Callable[[int, int, dict], None]
 def p2p_sample(unet: InflatedUNet, schedule: NoiseSchedule, x_t: torch.Tensor, cond_src: torch.Tensor,
                cond_edit: torch.Tensor, uncond: torch.Tensor, control: EditControl, steps: int = 50,
                cfg: float = VP2P.guidance_scale, null_text: torch.Tensor | None = None, fast: bool = False,
-               callback: Callback | None = None) -> tuple[torch.Tensor, list[torch.Tensor], AttentionController]:
+               callback: Callback | None = None, windows: ContextWindows | None = None,
+               on_window: WindowHook | None = None) -> tuple[torch.Tensor, list[torch.Tensor], AttentionController]:
     """Sample source and edit branches from ``x_t`` ``[1, c, f, h, w]`` with attention control.
 
     Args:
@@ -52,6 +54,8 @@ def p2p_sample(unet: InflatedUNet, schedule: NoiseSchedule, x_t: torch.Tensor, c
         null_text: ``[steps, L, d]`` per-step unconditional embeddings of the source branch (from null-text
             inversion), or None to use ``uncond``.
         fast: no guidance on the source branch (Video-P2P ``--fast``).
+        windows: context windows for long clips (the ones the null-text inversion used), ``on_window`` before each
+            (:func:`~...sampling.windows.windowed`); the controller keeps its blend maps per frame of the clip.
     Returns ``(latents [2, c, f, h, w] (source, edit), local-blend masks of the steps where it acted, the controller
     (its :meth:`~AttentionController.word_maps` shows the accumulated cross-attention))``.
     """
@@ -71,7 +75,13 @@ def p2p_sample(unet: InflatedUNet, schedule: NoiseSchedule, x_t: torch.Tensor, c
         u_src = null_text[i][None] if null_text is not None else uncond
         return torch.cat([u_src, uncond, cond_src, cond_edit]).to(dev, dtype)
 
-    guide = two_branch_guided(lambda x, t, c: model(x.to(dtype), t, c), contexts, cfg, fast)
+    def window_hook(window: Window) -> None:
+        controller.enter_window(window)
+        if on_window is not None:
+            on_window(window)
+
+    fn = windowed(lambda x, t, c: model(x.to(dtype), t, c), windows, model.max_frames, window_hook)
+    guide = two_branch_guided(fn, contexts, cfg, fast)
 
     def step_model(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
         controller.state.step = i  # the attention processors and the local blend key on the step

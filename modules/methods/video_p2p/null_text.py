@@ -37,6 +37,7 @@ from ...sampling.conditioning import ModelFn
 from ...sampling.ddim import ddim_grid, ddim_loop, ddim_step, keep_latents
 from ...sampling.guidance import StepModel, cfg_mix, guided, guided_output
 from ...sampling.schedule import NoiseSchedule
+from ...sampling.windows import ContextWindows, WindowHook
 
 Callback = Callable[[int, int, dict], None]
 
@@ -170,12 +171,14 @@ def reconstruct(model: ModelFn, schedule: NoiseSchedule, result: NullTextResult,
 
 def null_text_invert_video(video_unet, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                            config: NullTextConfig = NullTextConfig(), fast: bool = False,
-                           device: torch.device | str | None = None, callback: Callback | None = None
+                           device: torch.device | str | None = None, callback: Callback | None = None,
+                           windows: ContextWindows | None = None, on_window: WindowHook | None = None
                            ) -> NullTextResult:
     """:func:`null_text_invert` with a :class:`~...video_unet.VideoUNet` on ``device``. It runs a private clone of the
     network, whose weights autograd can use even where they were made under ``torch.inference_mode`` (ComfyUI's
-    executor loads them so); the input is left untouched."""
+    executor loads them so); the input is left untouched. ``windows``: context windows for long clips (every model
+    call of the inversion and of the optimisation is windowed; the edit must sample with the same windows)."""
     network = video_unet.network.clone(device=device)
-    model = video_unet.replace(network=network).model_fn()
+    model = video_unet.replace(network=network).model_fn(windows=windows, on_window=on_window)
     return null_text_invert(model, video_unet.schedule, latents.to(network.device), cond, uncond, config, fast=fast,
                             callback=callback)
