@@ -89,9 +89,10 @@ def run_edit(checkpoint: Path, video: Path, out: Path, s: EditSettings, device: 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     comp = load_checkpoint(checkpoint, tokenizer_dir=tokenizer_dir)
-    frames, fps = read_video(video, start=s.start, count=s.frames, stride=s.stride, width=s.width, height=s.height)
+    frames, fps = read_video(video, start=s.start, count=s.frames, stride=s.stride, width=s.width, height=s.height,
+                             callback=_progress("read"))
     vae, text = comp.vae.to(device), comp.text_encoder.to(device)
-    latents = encode_frames(vae, frames, comp.latent_scale)
+    latents = encode_frames(vae, frames, comp.latent_scale, callback=_progress("encode"))
     src, empty, edit, neg = (encode_long_prompt(comp, p).float()
                              for p in (s.source_prompt, "", s.prompt, s.negative_prompt))
     text.to("cpu")
@@ -108,7 +109,7 @@ def run_edit(checkpoint: Path, video: Path, out: Path, s: EditSettings, device: 
     gen = torch.Generator().manual_seed(s.seed)
     edited = sample(fn, schedule, x_t, edit, neg, s.sampling_steps, s.cfg, generator=gen,
                     callback=_progress("sample"))
-    result = decode_latents(vae, edited, comp.latent_scale)
+    result = decode_latents(vae, edited, comp.latent_scale, callback=_progress("decode"))
     write_video(result, out / "edited.mp4", fps)
     write_video(result, out / "edited.webp", fps)
     contact_sheet(torch.cat([frames, result]), columns=frames.shape[0], path=out / "contact_sheet.png")

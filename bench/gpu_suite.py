@@ -2,7 +2,8 @@
 
 Phases (few steps each, timed, then projected to the method's full schedule; peak memory per phase):
 Tune-A-Video tune / invert / sample at 24 frames 512x512; Video-P2P null-text inversion + controlled edit steps at
-8 frames; MotionDirector spatial+temporal LoRA steps at 16 frames 512x512 on the AnimateDiff v2 base; Dreamix mixed
+8 frames; Tune-A-Video tune / invert / sample on a 192-frame 512x512 clip through 16-frame context windows
+(issue 18); MotionDirector spatial+temporal LoRA steps at 16 frames 512x512 on the AnimateDiff v2 base; Dreamix mixed
 finetuning (dreamix-attention) at 8 frames; CLIP ViT-L/14 scoring of 24 frames. Planned to finish in well under
 9 minutes on one H100 (the slowest phase is a few 24-frame tuning steps).
 
@@ -33,10 +34,12 @@ class Sizes:
     steps: int  # timed steps per phase
     clip_frames: int
     inner: int  # null-text inner steps
+    long: int  # long clip (issue 18), tuned, inverted and sampled through context windows
+    window: int  # its context_length (overlap: a quarter of it)
 
 
-FULL = Sizes("sd15", 24, 8, 512, 3, 24, 10)
-SMOKE = Sizes("tiny", 2, 2, 32, 1, 2, 1)
+FULL = Sizes("sd15", 24, 8, 512, 3, 24, 10, 192, 16)
+SMOKE = Sizes("tiny", 2, 2, 32, 1, 2, 1, 6, 4)
 
 
 def _timed(fn, device: str) -> tuple[float, float]:
@@ -87,8 +90,33 @@ def run(s: Sizes, device: str) -> list[tuple[str, str, float, float, float]]:
                        gradient_checkpointing=True)
     add("Dreamix finetune (dreamix-attention, mixed)", short,
         lambda: dreamix_finetune(model, xs, c, dx, device=device), 2 * n, 300)
+    rows += _long_clip(s, device, model, c, u)
     rows += _motion_director(s, device, dtype, ctx_dim)
     rows += _clip(s, device)
+    return rows
+
+
+def _long_clip(s: Sizes, device: str, model, c, u):
+    """Tune-A-Video on a long clip through context windows (bench/long_clips.py sweeps the clip length)."""
+    from tunevideo.modules.methods.tune_a_video import tune_a_video
+    from tunevideo.modules.sampling.ddim import ddim_invert, sample
+    from tunevideo.modules.sampling.windows import ContextWindows
+    from tunevideo.modules.training.tune import TuneConfig
+
+    windows = ContextWindows(length=s.window, overlap=s.window // 4)
+    g = torch.Generator(device=device).manual_seed(2)
+    x = torch.randn(1, 4, s.long, s.pixels // 8, s.pixels // 8, generator=g, device=device)
+    n, shape, tag = s.steps, f"{s.long}x{s.pixels}²", f"window {s.window}"
+    cfg = TuneConfig(steps=n, gradient_checkpointing=True, windows=windows)
+    rows = []
+    for name, fn, full in (
+            (f"Long clip tune ({tag})", lambda: tune_a_video(model, x, c, cfg, device=device), 500),
+            (f"Long clip invert ({tag})", lambda: ddim_invert(model.model_fn(device, windows=windows),
+                                                              model.schedule, x, u, steps=n), 50),
+            (f"Long clip sample ({tag}, cfg)", lambda: sample(model.model_fn(device, windows=windows),
+                                                              model.schedule, x, c, u, steps=n, cfg=12.5), 50)):
+        sec, peak = _timed(fn, device)
+        rows.append((name, shape, sec / n, sec / n * full, peak))
     return rows
 
 

@@ -22,7 +22,7 @@ from . import host
 from .boundary import VIDEO_UNET, conditioning_entries, latent_to_video, video_to_latent
 from .common import seed_input
 from .tune import FORCE_MEMORY, PRESETS, TuningNode, run_tuning
-from .windows import check_context, context_input, denoising_progress
+from .windows import check_context, context_input, denoising_progress, training_context_input
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +71,18 @@ class DreamixFinetune(TuningNode):
                                      "SD1.5). adafactor (transformers): a factored second moment, a few MB; the "
                                      "memory-lean choice for dreamix-full."}),
             "force_memory": FORCE_MEMORY,
+            "context": training_context_input(),
         }}
 
     def run(self, video_unet, latent, positive, steps, learning_rate, seed, image_ratio, trainable, custom_patterns,
             lora_rank, gradient_checkpointing, mixed_precision, prompt_note="", optimizer="adamw",
-            force_memory=False):
+            force_memory=False, context=None):
         patterns = parse_patterns(custom_patterns if trainable == "custom" else trainable, PRESETS)
         config = DreamixConfig(steps=steps, learning_rate=learning_rate, trainable=patterns, seed=seed,
                                gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,
                                method="dreamix", image_ratio=image_ratio,
-                               lora_rank=lora_rank if trainable == "dreamix-lora" else 0, optimizer=optimizer)
+                               lora_rank=lora_rank if trainable == "dreamix-lora" else 0, optimizer=optimizer,
+                               windows=context)
         return run_tuning(video_unet, latent, positive, config, "DreamixFinetune", prompt_note, force_memory,
                           dreamix_finetune)
 

@@ -16,6 +16,7 @@ from . import host
 from .boundary import INVERTED_KEY, VIDEO_UNET, conditioning_entries, latent_to_video, parked, video_to_latent
 from .common import save_path, seed_input
 from .tune import FORCE_MEMORY
+from .windows import training_context_input
 
 logger = logging.getLogger(__name__)
 
@@ -109,21 +110,23 @@ class SpatialTemporalLoRATrain:
                                                                  "(CONDITIONING carries no text); per-video prompts "
                                                                  "separated by '|'."}),
             "force_memory": FORCE_MEMORY,
+            "context": training_context_input(),
         }}
 
     def run(self, video_unet, latent, positive, frames_per_video, steps, rank, lr_spatial, lr_temporal, seed, paths,
             gradient_checkpointing, mixed_precision, output_spatial_strength=MD.output_spatial_strength,
-            prompt_note="", force_memory=False):
+            prompt_note="", force_memory=False, context=None):
         config = MotionDirectorConfig(steps=steps, rank=rank, lr_spatial=lr_spatial, lr_temporal=lr_temporal,
                                       seed=seed, paths=paths, gradient_checkpointing=gradient_checkpointing,
-                                      mixed_precision=mixed_precision, output_spatial_strength=output_spatial_strength)
+                                      mixed_precision=mixed_precision, output_spatial_strength=output_spatial_strength,
+                                      windows=context)
         clips = split_clips(latent, frames_per_video, video_unet.latent_scale)
         contexts = video_prompts(positive, len(clips), video_unet)
         host.free_accelerator()
         device = host.torch_device()
         n_spatial = len(clips) if paths != "temporal" else 0
         est = lora_train_estimate(video_unet.network, [c.shape for c in clips], n_spatial, paths != "spatial", rank,
-                                  gradient_checkpointing, mixed_precision, device)
+                                  gradient_checkpointing, mixed_precision, device, config.windows)
         check_fits(est, device, force_memory, "SpatialTemporalLoRATrain")
         result = train(video_unet, clips, contexts, config, device=device,
                        callback=host.Progress(steps, "SpatialTemporalLoRATrain"), prompt=prompt_note)

@@ -12,6 +12,7 @@ from ..modules.training.tune import PRECISIONS, TuneConfig
 from . import host
 from .boundary import VIDEO_UNET, conditioning_tensor, latent_to_video, parked
 from .common import seed_input
+from .windows import training_context_input
 
 #: The trainable presets both tuning nodes offer (Tune-A-Video's, then Dreamix's).
 PRESETS = {**TUNE_A_VIDEO_PRESETS, **DREAMIX_PRESETS}
@@ -73,18 +74,19 @@ class OneShotTune(TuningNode):
             "prompt_note": ("STRING", {"default": "", "tooltip": "Source prompt text, stored in saved weights' "
                                                                  "metadata (CONDITIONING carries no text)."}),
             "force_memory": FORCE_MEMORY,
+            "context": training_context_input(),
         }}
 
     def run(self, video_unet, latent, positive, steps, learning_rate, seed, trainable, custom_patterns, batch_size,
-            gradient_checkpointing, mixed_precision, prompt_note="", force_memory=False):
+            gradient_checkpointing, mixed_precision, prompt_note="", force_memory=False, context=None):
         patterns = parse_patterns(custom_patterns if trainable == "custom" else trainable, PRESETS)
         config = TuneConfig(steps=steps, learning_rate=learning_rate, batch_size=batch_size, trainable=patterns,
                             seed=seed, gradient_checkpointing=gradient_checkpointing,
-                            mixed_precision=mixed_precision)
+                            mixed_precision=mixed_precision, windows=context)
         return run_tuning(video_unet, latent, positive, config, "OneShotTune", prompt_note, force_memory)
 
 
-#: The training nodes' last optional input: start even when the memory estimate says the run does not fit.
+#: The training nodes' optional input: start even when the memory estimate says the run does not fit.
 FORCE_MEMORY = ("BOOLEAN", {"default": False, "tooltip": "Start training even when the memory estimate (printed in "
                                                          "the console and on the loss curve) exceeds the free "
                                                          "memory. Off: such a run is refused before it starts."})

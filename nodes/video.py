@@ -19,7 +19,8 @@ class LoadVideoClip:
     RETURN_NAMES = ("frames", "fps")
     OUTPUT_TOOLTIPS = ("Frames [F,H,W,C] in 0..1.", "Frame rate of the returned frames (source fps / stride).")
     DESCRIPTION = ("Tune-A-Video's data sampling (sample_start_idx, n_sample_frames, sample_frame_rate) with "
-                   "resize + centre crop to multiples of 8. Decoding stops after the last needed frame.")
+                   "resize + centre crop to multiples of 8. Decoding stops after the last needed frame; frames are "
+                   "decoded one by one into one output buffer, so long clips cost one copy of the result.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -42,7 +43,7 @@ class LoadVideoClip:
         check_declared_ranges(self.INPUT_TYPES(), start_frame=start_frame, frame_count=frame_count, stride=stride,
                               width=width, height=height)
         frames, fps = read_video(host.input_path(video), start=start_frame, count=frame_count, stride=stride,
-                                 width=width, height=height)
+                                 width=width, height=height, callback=host.Progress(frame_count, "LoadVideoClip"))
         return (frames, float(fps))
 
     @classmethod

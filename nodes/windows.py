@@ -17,6 +17,14 @@ def context_input() -> tuple:
                                        "whole clip at once."})
 
 
+def training_context_input() -> tuple:
+    """The training nodes' optional ``context`` input: each step trains on one window of the clip."""
+    return (VIDEO_CONTEXT, {"tooltip": "Optional context windows (Video Context Windows): each training step trains "
+                                       "on one window of the clip, windows visited in a seeded shuffled cycle that "
+                                       "covers every frame; memory is that of one window. Not connected: every step "
+                                       "trains on the whole clip."})
+
+
 def check_context(context, video_unet, frames: int, name: str = "context") -> ContextWindows | None:
     """``context`` (None or a VIDEO_CONTEXT) checked against a ``frames``-frame clip and the network's longest clip
     (AnimateDiff's positional table); ValueError naming ``name``."""

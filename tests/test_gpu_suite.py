@@ -19,6 +19,6 @@ def test_gpu_suite_smoke_writes_one_table(tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| phase")]
     phases = " ".join(rows)
     for name in ("Tune-A-Video tune", "Tune-A-Video invert", "Tune-A-Video sample", "Video-P2P", "Dreamix",
-                 "MotionDirector", "CLIP scoring"):
+                 "MotionDirector", "CLIP scoring", "Long clip tune", "Long clip invert", "Long clip sample"):
         assert name in phases, table
-    assert len(rows) == 7
+    assert len(rows) == 10

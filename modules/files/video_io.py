@@ -5,9 +5,10 @@ frames from ``sample_start_idx``, resized to ``width x height``. Here frames are
 centre-cropped, so the aspect ratio is kept. Frames are ComfyUI-style ``[F, H, W, C]`` float32 in 0..1.
 
 Decoding uses PyAV (FFmpeg) and stops after the last needed frame; each kept frame is resized as soon as it is
-decoded, so full-resolution frames are never held together. Rotation metadata (phone clips) is applied. Animated
-WebP, which FFmpeg cannot decode, is read with Pillow. Writes are atomic (temp file + rename) and never replace an
-existing file unless ``overwrite=True``.
+decoded and written into one preallocated output buffer, so full-resolution frames are never held together and a
+clip of hundreds of frames costs one copy of the result. Rotation metadata (phone clips) is applied. Animated
+WebP, which FFmpeg cannot decode, is read with Pillow. Writing (atomic, never replacing a file unless
+``overwrite=True``) lives in :mod:`.video_write` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .atomic import atomic_write, unique_path
+from .atomic import unique_path
+from .video_write import contact_sheet, write_video
 
 __all__ = ["probe_video", "read_video", "iter_frames", "resize_center_crop", "write_video", "contact_sheet",
            "unique_path"]
@@ -167,21 +169,25 @@ def _header_frames(container) -> tuple[int, bool]:
 
 
 def _check_request(path: Path, frames: int, exact: bool, start: int, count: int, stride: int, width: int,
-                   height: int) -> None:
+                   height: int) -> int:
     """Before decoding: refuse a range the container cannot hold (by its header frame count; an estimate from the
-    duration gets a 10% margin) and a result that cannot fit in memory, with the numbers."""
+    duration gets a 10% margin) and a result that cannot fit in memory, with the numbers. Returns the number of
+    frames the request will return by the header (``count``, or for ``count <= 0`` all that follow ``start``)."""
     wanted_last = start + (count - 1) * stride if count > 0 else start
     known = frames if exact else int(frames * 1.1) + 1
     if frames > 0 and wanted_last >= known:
         raise ValueError(f"{path.name} has {frames} frames{'' if exact else ' (header estimate)'}; start={start}, "
                          f"stride={stride}, count={count} needs frame {wanted_last}")
-    n = count if count > 0 else max(frames - start, 0) // stride + 1
-    need = 2 * n * width * height * 3 * 4  # float32 frames, held twice while they are joined
+    n = count if count > 0 else max(frames - start - 1, 0) // stride + 1
+    one = n * width * height * 3 * 4  # the one float32 output buffer
+    need = 2 * one  # and as much again: the next node's copy (a corrupted or resized clip, a cached variant)
     free = available_memory()
     if free is not None and need > free:
         raise ValueError(f"{path.name}: {n} frames at {width}x{height} need about {need / 2**30:.1f} GiB of memory "
-                         f"({n} x {height} x {width} x 3 float32, twice while joined) but {free / 2**30:.1f} GiB "
-                         f"are free; load fewer frames (frame_count, stride) or a smaller size")
+                         f"({n} x {height} x {width} x 3 float32 = {one / 2**30:.1f} GiB, and as much again for "
+                         f"the next node's copy) but {free / 2**30:.1f} GiB are free; load fewer frames "
+                         f"(frame_count, stride) or a smaller size")
+    return n
 
 
 def iter_frames(path, start: int = 0, stride: int = 1, count: int = 0,
@@ -228,18 +234,25 @@ def resize_center_crop(frames: torch.Tensor, width: int, height: int) -> torch.T
     return x[:, :, top:top + height, left:left + width].permute(0, 2, 3, 1).contiguous()
 
 
-def read_video(path, start: int = 0, count: int = 24, stride: int = 2, width: int = 512,
-               height: int = 512) -> tuple[torch.Tensor, float]:
+#: Frames decoded between two progress reports of :func:`read_video`.
+PROGRESS_EVERY = 8
+
+
+def read_video(path, start: int = 0, count: int = 24, stride: int = 2, width: int = 512, height: int = 512,
+               callback: Callable[[int, int, dict], None] | None = None) -> tuple[torch.Tensor, float]:
     """Frames ``start, start+stride, ...`` (``count`` of them; ``count <= 0``: all that exist), resized and cropped.
 
     Returns ``(frames [F, height, width, 3] float32 in 0..1, fps of the returned frames = source fps / stride)``.
+    Each frame is decoded, resized and written into one output buffer allocated before decoding (sized by the
+    container header; grown only if the header undercounts), so hundreds of frames cost one clip of memory.
+    ``callback(done, total, {})`` every :data:`PROGRESS_EVERY` frames and at the end (raise from it to stop).
     """
     _check_size(width, height)
     if start < 0 or stride < 1:
         raise ValueError(f"start={start} must be >= 0 and stride={stride} >= 1")
     path = _existing(path)
     wanted_last = start + (count - 1) * stride if count > 0 else None
-    picked, total = [], 0
+    picked, total = 0, 0
     if path.suffix.lower() in _PIL_READ:
         image, durations = _open_pil(path), []
         source, fps = _pil_frames(path, image, durations), None
@@ -249,93 +262,30 @@ def read_video(path, start: int = 0, count: int = 24, stride: int = 2, width: in
         source, fps = _av_frames(path, image), _av_fps(image.streams.video[0])
         header = _header_frames(image)
     with image:
-        _check_request(path, *header, start, count, stride, width, height)
+        expected = _check_request(path, *header, start, count, stride, width, height)
+        out = torch.empty(max(expected, 1), height, width, 3)
         for i, to_array in enumerate(source):
             total = i + 1
             if i >= start and (i - start) % stride == 0:
+                if picked == out.shape[0]:  # the header undercounted (a duration estimate): grow by half
+                    out = torch.cat([out, torch.empty(out.shape[0] // 2 + 1, height, width, 3)])
                 frame = torch.from_numpy(to_array()).unsqueeze(0).float() / 255.0
-                picked.append(resize_center_crop(frame, width, height))
+                out[picked] = resize_center_crop(frame, width, height)[0]
+                picked += 1
+                if callback is not None and picked % PROGRESS_EVERY == 0:
+                    callback(picked, max(expected, picked), {})
             if wanted_last is not None and i >= wanted_last:
                 break
         source.close()
-    if not picked or (count > 0 and len(picked) < count):
+    if not picked or (count > 0 and picked < count):
         raise ValueError(f"{path.name} has {total} frames; start={start}, stride={stride}, count={count} "
                          f"needs frame {wanted_last if wanted_last is not None else start}")
+    if callback is not None:
+        callback(picked, picked, {})
     if fps is None:  # Pillow: per-frame durations in ms
         mean = sum(durations) / len(durations)
         fps = 1000.0 / mean if mean > 0 else 25.0
-    logger.debug("read %d frames of %s (%d decoded)", len(picked), path.name, total)
-    return torch.cat(picked), fps / stride
-
-
-def _to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """``[F, H, W, C]`` float 0..1 (C = 1, 3 or 4; alpha dropped) -> ``[F, H, W, 3]`` uint8."""
-    if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"frames must be [F, H, W, C] with C in 1, 3, 4, got {getattr(frames, 'shape', frames)}")
-    if min(frames.shape[:3]) < 1:
-        raise ValueError(f"frames must hold at least one non-empty frame, got shape {tuple(frames.shape)}")
-    x = frames.detach().float().clamp(0, 1)
-    x = x.expand(-1, -1, -1, 3) if x.shape[-1] == 1 else x[..., :3]
-    return np.ascontiguousarray((x * 255).round().to(torch.uint8).cpu().numpy())
-
-
-def _write_mp4(arr: np.ndarray, tmp: str, fps: float) -> None:
-    from fractions import Fraction
-
-    import av
-
-    h, w = arr.shape[1] // 2 * 2, arr.shape[2] // 2 * 2  # yuv420p needs even sizes
-    if h < 2 or w < 2:
-        raise ValueError(f"frames of {arr.shape[2]}x{arr.shape[1]} are too small for H.264 (need at least 2x2)")
-    with av.open(tmp, mode="w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": "18"}
-        for frame in arr:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")))
-        out.mux(stream.encode())
-
-
-def _write_pil(arr: np.ndarray, tmp: str, fps: float, fmt: str) -> None:
-    images = [Image.fromarray(a) for a in arr]
-    extra = {"lossless": False, "quality": 90} if fmt == "WEBP" else {}
-    images[0].save(tmp, format=fmt, save_all=True, append_images=images[1:], duration=int(round(1000 / fps)),
-                   loop=0, **extra)
-
-
-def write_video(frames: torch.Tensor, path, fps: float, overwrite: bool = False) -> Path:
-    """Write ``[F, H, W, C]`` frames in 0..1 as ``.mp4`` (H.264, yuv420p; odd sizes lose their last row/column),
-    ``.webp`` (animated, quality 90) or ``.gif``, chosen by extension. Atomic; FileExistsError naming ``path`` if
-    it exists and ``overwrite`` is False. Returns ``path``."""
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in (".mp4", ".webp", ".gif"):
-        raise ValueError(f"{path.name}: unsupported video extension {ext!r}; use .mp4, .webp or .gif")
-    try:
-        rate = float(fps)
-    except (TypeError, ValueError):
-        rate = math.nan
-    if not (math.isfinite(rate) and rate > 0):
-        raise ValueError(f"fps={fps!r} must be a finite number > 0")
-    fps = rate
-    arr = _to_uint8(frames)
-    if ext == ".mp4":
-        return atomic_write(path, lambda tmp: _write_mp4(arr, tmp, fps), overwrite)
-    return atomic_write(path, lambda tmp: _write_pil(arr, tmp, fps, ext[1:].upper()), overwrite)
-
-
-def contact_sheet(frames: torch.Tensor, columns: int | None = None, path=None, overwrite: bool = False):
-    """Grid of ``[F, H, W, C]`` frames (row-major, ``columns`` wide, default about square) as a PIL RGB image;
-    also saved as PNG when ``path`` is given (atomic, no overwrite unless ``overwrite=True``)."""
-    arr = _to_uint8(frames)
-    f, h, w, _ = arr.shape
-    if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
-        raise ValueError(f"columns={columns} must be a positive integer or None")
-    cols = min(columns or math.ceil(math.sqrt(f)), f)
-    rows = math.ceil(f / cols)
-    sheet = Image.new("RGB", (cols * w, rows * h), "black")
-    for i, a in enumerate(arr):
-        sheet.paste(Image.fromarray(a), ((i % cols) * w, (i // cols) * h))
-    if path is not None:
-        atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"), overwrite)
-    return sheet
+    logger.debug("read %d frames of %s (%d decoded)", picked, path.name, total)
+    if picked < 0.9 * out.shape[0]:  # the header overcounted by more than its margin: do not keep the slack
+        out = out[:picked].clone()
+    return out[:picked], fps / stride

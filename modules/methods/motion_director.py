@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from ..finite import FiniteWatch
+from ..sampling.windows import ContextWindows
 from ..training import lora as L
+from ..training.clip_windows import check_clip_fits, step_frames, take_frames, window_schedule
 from ..training.tune import autocast_dtype, precision_name
 from ..video_unet import TuneRecord, VideoUNet
 
@@ -67,6 +69,9 @@ class MotionDirectorConfig:
     #: strength of the first clip's spatial LoRA in the returned VIDEO_UNET; 0: motion only (MotionDirector's
     #: inference for new subjects)
     output_spatial_strength: float = 1.0
+    #: None: every step trains on a whole clip; else on one window of it, in a seeded shuffled cycle per clip
+    #: (:mod:`~..training.clip_windows`; peak memory is a window's)
+    windows: ContextWindows | None = None
 
     def weight_decay_for(self, videos: int) -> float:
         """``weight_decay``, or 1e-2 for one video (config_single_video.yaml) and 1e-4 for several
@@ -88,6 +93,8 @@ class MotionDirectorConfig:
             raise ValueError(f"paths={self.paths!r}; expected one of {PATHS}")
         if not 0 <= self.spatial_skip_prob <= 1:
             raise ValueError(f"spatial_skip_prob={self.spatial_skip_prob} must be in [0, 1]")
+        if self.windows is not None and not isinstance(self.windows, ContextWindows):
+            raise ValueError(f"context must be a VIDEO_CONTEXT (ContextWindows), got {type(self.windows).__name__}")
 
 
 #: Weight p of the inverted noise in :func:`noise_prior` (MotionDirector configs: 0.5 for one video, 0 for several;
@@ -136,6 +143,10 @@ def train(model: VideoUNet, clips: Sequence[torch.Tensor], contexts: Sequence[to
         if x.dim() != 5 or x.shape[0] != 1 or x.shape[2] < min_frames:
             raise ValueError(f"clip {i}: latents must be [1, c, f>={min_frames}, h, w] (the temporal path needs "
                              f"motion: at least 2 frames), got {tuple(x.shape)}")
+        check_clip_fits(model.network, config.windows, x.shape[2], clip_name=f"latent (clip {i})")
+        if step_frames(config.windows, x.shape[2]) < min_frames:
+            raise ValueError(f"context: context_length={config.windows.length} leaves one frame per window; the "
+                             f"temporal path needs motion: at least 2 frames")
     device = torch.device(device) if device is not None else model.network.device
     amp = autocast_dtype(config.mixed_precision, device)
     spatial_names = [f"spatial_{i}" for i in range(len(clips))] if config.paths != "temporal" else []
@@ -213,6 +224,8 @@ def _loop(unet, model, clips, contexts, spatial_names, config, device, amp, call
     opt_t = _optimizer(temporal_params, config.lr_temporal, config, len(clips)) if temporal_on else None
     opt_s = [_optimizer(p, config.lr_spatial, config, len(clips)) for p in spatial_params]
     x0s = [x.detach().to(device, torch.float32).clone() for x in clips]
+    spans = [config.windows.spans(x.shape[2]) if config.windows else [list(range(x.shape[2]))] for x in x0s]
+    orders = [window_schedule(len(s), config.steps, config.seed + i) for i, s in enumerate(spans)]
     ctxs = [c.detach().to(device, torch.float32).clone() for c in contexts]
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     if config.gradient_checkpointing:
@@ -224,7 +237,8 @@ def _loop(unet, model, clips, contexts, spatial_names, config, device, amp, call
                         precision_name(config.mixed_precision, amp), "MotionDirector", device)
     for step in range(config.steps):
         i = step % len(clips)
-        x0, ctx = x0s[i], ctxs[i]
+        span = spans[i][orders[i][step // len(clips)]]
+        x0, ctx = take_frames(x0s[i], span), ctxs[i]  # the whole clip itself without windows
         spatial = spatial_names[i] if spatial_names else None
         f = x0.shape[2]
         noise = torch.randn(x0.shape, generator=gen).to(device)

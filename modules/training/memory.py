@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..sampling.windows import ContextWindows
+from .clip_windows import step_frames
 from .trainable import patterns_for, select_trainable
 
 logger = logging.getLogger(__name__)
@@ -150,20 +152,25 @@ def autocast_size_dtype(mixed_precision: str, device: torch.device | str) -> tor
 
 
 def tune_estimate(network: torch.nn.Module, latent_shape: Sequence[int], config, device) -> MemoryEstimate:
-    """:func:`estimate` for the tuning loop (:func:`~.tune.tune`) with a :class:`~.tune.TuneConfig`."""
+    """:func:`estimate` for the tuning loop (:func:`~.tune.tune`) with a :class:`~.tune.TuneConfig`; with
+    ``config.windows`` the activations are those of one window (each step trains on one)."""
     names = select_trainable(network, patterns_for(network, config.trainable))
     lora = lora_shapes(network, names, config.lora_rank) if config.lora_rank else ()
-    shape = (config.batch_size, *latent_shape[1:])
+    c, f, h, w = latent_shape[1:]
+    shape = (config.batch_size, c, step_frames(config.windows, f), h, w)
     return estimate(network, shape, () if config.lora_rank else names, lora, config.optimizer,
                     config.gradient_checkpointing, autocast_size_dtype(config.mixed_precision, device))
 
 
 def lora_train_estimate(network: torch.nn.Module, clip_shapes: Sequence[Sequence[int]], n_spatial: int,
                         temporal: bool, rank: int, checkpointing: bool, mixed_precision: str,
-                        device) -> MemoryEstimate:
+                        device, windows: ContextWindows | None = None) -> MemoryEstimate:
     """:func:`estimate` for MotionDirector's dual-path LoRA training (:func:`~.motion_director.train`): ``n_spatial``
-    spatial LoRAs, one temporal LoRA if ``temporal``, AdamW; activations of the longest clip."""
+    spatial LoRAs, one temporal LoRA if ``temporal``, AdamW; activations of the longest clip, or of one window of it
+    with ``windows``."""
     from . import lora as L
+
+    clip_shapes = [(*s[:2], step_frames(windows, s[2]), *s[3:]) for s in clip_shapes]
 
     shapes = lora_shapes(network, L.SPATIAL_TARGETS, rank) * n_spatial
     if temporal:

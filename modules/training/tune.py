@@ -33,7 +33,9 @@ from ..finite import FiniteWatch
 from ..networks.base import own_parameter
 from ..networks.inflate import InflatedUNet
 from ..sampling.schedule import NoiseSchedule
+from ..sampling.windows import ContextWindows
 from ..video_unet import TuneRecord, VideoUNet
+from .clip_windows import check_clip_fits, windowed_batches
 from .lora import add_lora, merged_weights
 from .memory import OPTIMIZERS, make_optimizer
 from .trainable import patterns_for, select_trainable
@@ -61,6 +63,8 @@ class TuneConfig:
     method: str = "tune-a-video"  # recorded in the result's history (and saved files' metadata)
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the trainable linear layers, merged at the end
     optimizer: str = "adamw"  # or "adafactor" (transformers; factored state, see .memory)
+    #: None: every step trains on the whole clip; else each step on one window of it (:mod:`.clip_windows`)
+    windows: ContextWindows | None = None
 
     def __post_init__(self):
         if self.steps < 1:
@@ -77,6 +81,8 @@ class TuneConfig:
             raise ValueError(f"lora_rank={self.lora_rank} must be >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
+        if self.windows is not None and not isinstance(self.windows, ContextWindows):
+            raise ValueError(f"context must be a VIDEO_CONTEXT (ContextWindows), got {type(self.windows).__name__}")
 
 
 @dataclass(frozen=True)
@@ -162,7 +168,9 @@ def tune(model: VideoUNet, latents: torch.Tensor, context: torch.Tensor, config:
         context: ``[1, n, d]`` source-prompt embeddings (computed once).
         callback: ``callback(step, total, {"loss": tensor, "temporal": bool, **batch.info})`` after each step;
             raise from it to interrupt.
-        batches: the per-step batch policy (default: the clip as a video every step).
+        batches: the per-step batch policy (default: the clip as a video every step). With ``config.windows`` it
+            sees one window of the clip per step instead (:func:`~.clip_windows.windowed_batches`; the record
+            keeps the clip's frame count, which inversion and sampling of that clip check).
     Runs correctly under ComfyUI's ``torch.inference_mode()`` executor: it leaves inference mode and copies the
     inputs it trains on.
     """
@@ -170,6 +178,9 @@ def tune(model: VideoUNet, latents: torch.Tensor, context: torch.Tensor, config:
         raise ValueError(f"latents must be one clip [1, c, f, h, w], got shape {tuple(latents.shape)}")
     if context.dim() != 3 or context.shape[0] != 1:
         raise ValueError(f"context must be [1, n, d] text embeddings, got shape {tuple(context.shape)}")
+    check_clip_fits(model.network, config.windows, latents.shape[2])
+    if config.windows is not None:
+        batches = windowed_batches(config.windows, latents.shape[2], config.steps, config.seed, batches)
     device = torch.device(device) if device is not None else model.network.device
     amp = autocast_dtype(config.mixed_precision, device)
     with torch.inference_mode(False), torch.enable_grad():
