@@ -543,6 +543,37 @@ CORE_POS = {1: (0, 0), 2: (0, 200), 4: (440, 0), 5: (440, 220), 6: (440, 440), 3
 WORKFLOWS["tune_a_video_ksampler"] = (tune_a_video_ksampler_graph, KSAMPLER_NOTE, CORE_POS)
 WORKFLOWS["tune_a_video_controlnet"] = (tune_a_video_controlnet_graph, CONTROLNET_NOTE, CORE_POS)
 
+
+
+def tune_a_video_long_graph():
+    """Tune-A-Video on a long clip (80 frames) through context windows of 16 frames: each tuning step trains on one
+    window, inversion and sampling run window by window at every step and fuse the overlaps."""
+    graph = tune_a_video_graph()
+    graph[2] = ("LoadVideoClip", "Source video (80 frames, stride 2, 512x512)",
+                {"video": "man-skiing.mp4", "start_frame": 0, "frame_count": 80, "stride": 2, "width": 512,
+                 "height": 512}, {})
+    graph[17] = ("VideoContextWindows", "Context windows (16 frames, overlap 4)",
+                 {"context_length": 16, "context_overlap": 4, "fuse_method": "pyramid", "closed_loop": False}, {})
+    for nid in (8, 9, 10):
+        cls, title, values, links = graph[nid]
+        graph[nid] = (cls, title, values, {**links, "context": (17, 0)})
+    for nid, prefix in ((12, "tunevideo/tune_a_video_long"), (14, "tunevideo/tune_a_video_long"),
+                        (15, "tune_a_video/man-skiing-long")):
+        cls, title, values, links = graph[nid]
+        graph[nid] = (cls, title, {**values, "filename_prefix": prefix}, links)
+    return graph
+
+
+LONG_NOTE = ("Tune-A-Video on a long clip: 80 frames (stride 2, 512x512) through Video Context Windows of 16 frames "
+             "overlapping by 4 (7 windows). One-Shot Tune trains each step on one window (a seeded cycle covers every "
+             "frame), so its memory is a 16-frame run's; DDIM inversion and sampling run window by window at every "
+             "step and fuse the overlaps (pyramid weights); sparse-causal attention in every window reads frame 0 of "
+             "the whole clip, so appearance does not drift between windows. Same paper defaults otherwise (500 "
+             "steps, 50 + 50 DDIM steps, cfg 12.5). The progress bar moves per window; Cancel stops between windows.")
+LONG_POS = {**POS, 17: (880, 700)}
+WORKFLOWS["tune_a_video_long"] = (tune_a_video_long_graph, LONG_NOTE, LONG_POS)
+
+
 if __name__ == "__main__":
     for wf_name, (make, text, layout) in WORKFLOWS.items():
         write(wf_name, make(), text, layout)
