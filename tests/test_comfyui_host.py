@@ -536,3 +536,37 @@ def test_core_samplers_and_controlnet_run_the_tuned_video_unet(host):
     reply = _post(f"{url}/prompt", {"prompt": _shrunk_core_workflow("tune_a_video_controlnet", sampler="ddim"),
                                     "client_id": "tunevideo-test"})
     assert _wait(reply["prompt_id"], url, timeout=600)["status"]["status_str"] == "success"
+
+
+def _shrunk_long(frames: int = 16, window: int = 6, overlap: int = 2, sample_steps: int = 3) -> dict:
+    api = json.loads((ROOT / "workflows" / "api" / "tune_a_video_long.json").read_text())
+    by_class = {n["class_type"]: n["inputs"] for n in api.values()}
+    by_class["CheckpointLoaderSimple"]["ckpt_name"] = "tiny-sd15.safetensors"
+    by_class["LoadVideoClip"].update(video="man-skiing.mp4", frame_count=frames, stride=1, width=64, height=64)
+    by_class["VideoContextWindows"].update(context_length=window, context_overlap=overlap)
+    by_class["OneShotTune"].update(steps=2, learning_rate=1e-3)
+    by_class["DDIMInvertVideo"]["steps"] = 3
+    by_class["SampleVideo"].update(steps=sample_steps, cfg=5.0)
+    return api
+
+
+def test_long_clip_workflow_runs_through_windows_and_stops_between_windows(host):
+    """tune_a_video_long, shrunk: 16 frames through 6-frame windows (4 windows) for tuning, inversion and sampling;
+    then an interrupt while SampleVideo walks its windows, and the next queue runs."""
+    url, base = host
+    reply = _post(f"{url}/prompt", {"prompt": _shrunk_long(), "client_id": "tunevideo-test"})
+    assert not reply.get("node_errors"), reply
+    result = _wait(reply["prompt_id"], url, timeout=900)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-3000:]
+    webp = result["outputs"]["12"]["images"]
+    assert len(webp) == 1 and (base / "output" / webp[0]["subfolder"] / webp[0]["filename"]).stat().st_size > 0
+    reply = _post(f"{url}/prompt", {"prompt": _shrunk_long(sample_steps=400), "client_id": "tunevideo-test"})
+    deadline = time.monotonic() + 120
+    while _get(f"{url}/queue")["queue_running"] == [] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # inside SampleVideo's windows (tuning and inversion are cached)
+    _post(f"{url}/interrupt", {})
+    t0 = time.monotonic()
+    result = _wait(reply["prompt_id"], url, timeout=300)
+    assert "execution_interrupted" in [m[0] for m in result["status"]["messages"]]
+    assert time.monotonic() - t0 < 60  # stopped at a window boundary, not after 400 steps
