@@ -120,21 +120,19 @@ def run(a) -> list[dict]:
     rows = []
     for n, frames in enumerate([a.frames_list[0]] + a.frames_list):  # the first pass only warms up
         x = torch.randn(1, 4, frames, a.height // 8, a.width // 8, generator=g, device=dev)
-        ends: list[float] = []
-
-        def tuning(x=x, ends=ends):
-            tune(model, x, c, config, device=dev, callback=lambda *_: ends.append(time.perf_counter()))
-
-        sec, peak, work = measured(tuning, a.device)
-        tune_sec = (ends[-1] - ends[0]) / (len(ends) - 1)  # steps after the first: no set-up, no first-step warm-up
         k = len(windows.spans(frames))
-        phases = [("tune", tune_sec, peak, work, step)]
-        n_steps = a.repeats
-        for name, call, flops in (
-                ("invert", partial(ddim_invert, fn, model.schedule, x, u, steps=n_steps), k * fwd),
-                ("sample", partial(sample, fn, model.schedule, x, c, u, steps=n_steps, cfg=12.5), 2 * k * fwd)):
-            sec, peak, work = measured(call, a.device)
-            phases.append((name, sec / n_steps, peak, work, flops))
+        phases = []
+        for name, run_phase, flops in (
+                ("tune", partial(tune, model, x, c, config, device=dev), step),
+                ("invert", partial(ddim_invert, fn, model.schedule, x, u, steps=a.repeats), k * fwd),
+                ("sample", partial(sample, fn, model.schedule, x, c, u, steps=a.repeats, cfg=12.5), 2 * k * fwd)):
+            ends = [time.perf_counter()]
+            sec, peak, work = measured(partial(run_phase, callback=lambda *_, e=ends: e.append(time.perf_counter())),
+                                       a.device)
+            gaps = sorted(b - e for e, b in zip(ends[:-1], ends[1:], strict=True))
+            if name == "tune":  # its first step also holds the set-up (clone, optimiser): not timed
+                gaps = sorted(b - e for e, b in zip(ends[1:-1], ends[2:], strict=True))
+            phases.append((name, gaps[len(gaps) // 2], peak, work, flops))  # median step: robust to a busy machine
         if n == 0:
             continue
         for name, sec, peak, work, flops in phases:
@@ -192,7 +190,7 @@ def main() -> None:
     ap.add_argument("--frames-list", default="16,48,96,192", help="clip lengths, comma separated")
     ap.add_argument("--window", type=int, default=16, help="context_length")
     ap.add_argument("--overlap", type=int, default=4, help="context_overlap")
-    ap.add_argument("--repeats", type=int, default=1, help="timed steps per phase and clip length")
+    ap.add_argument("--repeats", type=int, default=3, help="timed steps per phase and clip length (median)")
     ap.add_argument("--project-frames", type=int, default=192)
     ap.add_argument("--mfu", type=float, default=0.4, help="utilisation assumed for the H100 projection")
     ap.add_argument("--smoke", action="store_true", help="tiny model, 8/16/24 frames, window 8 overlap 2")
