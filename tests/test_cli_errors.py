@@ -103,3 +103,18 @@ def test_the_vocabulary_run_sh_installs_gives_clips_tokenizer(monkeypatch):
     if comfy and (Path(comfy) / "comfy" / "sd1_tokenizer" / "vocab.json").is_file():
         folder = Path(comfy) / "comfy" / "sd1_tokenizer"
         assert json.loads((folder / "vocab.json").read_text()) == tok.get_vocab()
+
+
+def test_missing_tokenizer_after_a_readable_checkpoint_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    """The other 'missing tokenizer' test stops at the checkpoint check; this one reaches the tokenizer."""
+    from safetensors.torch import load_file, save_file
+    from tunevideo import tiny
+
+    marked = tmp_path / "tiny.safetensors"
+    tiny.write_tiny_checkpoint(marked, seed=0)
+    plain = tmp_path / "plain.safetensors"
+    save_file(load_file(str(marked)), str(plain))  # without the tiny marker: a real tokenizer is needed
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    line = _one_line_exit_2(capsys, _edit_args(tmp_path, plain) + ["--tokenizer", str(tmp_path / "nowhere")],
+                            "tokenizer")
+    assert "nowhere" in line and "internal error" not in line

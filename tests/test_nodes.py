@@ -379,3 +379,34 @@ def test_tuning_stops_with_a_clear_error_when_the_loss_turns_nan(tiny_video_mode
         N["OneShotTune"]().run(tiny_video_model, latent, cond(1), steps=3, learning_rate=1e-3, seed=0,
                                trainable="tune-a-video", custom_patterns="", batch_size=1,
                                gradient_checkpointing=False, mixed_precision="fp16", prompt_note="")
+
+
+def test_tuning_stops_when_a_parameter_turns_nan_with_a_finite_loss(tiny_video_model, monkeypatch):
+    """Issue 19: the last step's loss is computed before its update, so it is finite while the update has made the
+    trained weights NaN; the loop must still stop (and the NaN weights never reach a saver)."""
+    from tunevideo.modules.training import tune as T
+
+    real = T.make_optimizer
+
+    def poisoned(*args, **kwargs):
+        opt = real(*args, **kwargs)
+        step = opt.step
+
+        def nan_step(*a, **k):
+            out = step(*a, **k)
+            with torch.no_grad():
+                for group in opt.param_groups:
+                    for p in group["params"]:
+                        p.fill_(float("nan"))
+            return out
+
+        opt.step = nan_step
+        return opt
+
+    monkeypatch.setattr(T, "make_optimizer", poisoned)
+    latent = {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    with torch.inference_mode(), pytest.raises(ValueError, match=r"a trained parameter became NaN/infinite by step "
+                                                                  r"1/1 \(precision fp32\).*lower learning rate"):
+        N["OneShotTune"]().run(tiny_video_model, latent, cond(1), steps=1, learning_rate=1e-3, seed=0,
+                               trainable="tune-a-video", custom_patterns="", batch_size=1,
+                               gradient_checkpointing=False, mixed_precision="fp32", prompt_note="")

@@ -3,7 +3,11 @@ on the tiny model, the refusal before training with its override, Adafactor, and
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
+import re
 import sys
 from pathlib import Path
 
@@ -124,3 +128,37 @@ def test_shipped_dreamix_workflows_fit_12_gb():
         assert est.total < memory.MARGIN * 12e9, (name, est.describe())
     full = memory.tune_estimate(inflated, (1, 4, 8, 64, 64), TuneConfig(trainable=("*",)), torch.device("cuda"))
     assert full.total > 12e9  # why the whole-model preset is not shipped
+
+
+def test_the_estimate_is_printed_before_training_starts(tiny_unet2d, tiny_unet_config, monkeypatch, caplog):
+    import tunevideo.nodes.tune as node_tune
+    from test_nodes import N, cond, fake_model
+
+    monkeypatch.setattr(memory, "free_memory", lambda device: 2**40)  # fits: no refusal
+    seen = []
+
+    def training(*a, **k):  # what was logged by the time training would start
+        seen.append(caplog.text)
+        raise KeyError("stop")
+
+    monkeypatch.setattr(node_tune, "tune_a_video", training)
+    latent = {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))}
+    with caplog.at_level(logging.INFO), torch.inference_mode():
+        (video,) = N["InflateUNetTemporal"]().inflate(fake_model(tiny_unet2d, tiny_unet_config))
+        with pytest.raises(KeyError):
+            N["OneShotTune"]().run(video, latent, cond(0), 1, 1e-3, 0, "tune-a-video", "", 1, False, "fp32")
+    assert seen and re.search(r"OneShotTune: .*GiB.*adamw", seen[0]), seen
+
+
+def test_readme_lists_the_memory_table_the_formula_gives():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import memory_table
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        memory_table.main()
+    readme = (ROOT / "README.md").read_text()
+    rows = [line for line in out.getvalue().splitlines() if line.startswith("| ")]
+    assert len(rows) >= 3 + 2  # header, rule, one row per preset
+    missing = [line for line in rows if line not in readme]
+    assert not missing, f"README's training-memory table is stale (python tools/memory_table.py): {missing}"
