@@ -504,7 +504,7 @@ def test_core_samplers_and_controlnet_run_the_tuned_video_unet(host):
     assert report.get("complete"), report
     assert report["sample_video_vs_ddim"] <= 1e-4 and report["sample_video_vs_euler"] <= 1e-4, report
     assert report["one_frame_vs_original_model"] <= 1e-5, report
-    assert report["two_videos_vs_alone"] <= 1e-5 < report["one_8_frame_clip_vs_alone"], report
+    assert report["two_videos_vs_alone"] <= 1e-4 < report["one_8_frame_clip_vs_alone"], report
     assert report["controlnet_clip_vs_direct"] <= 1e-4 < report["controlnet_effect"], report
     assert report["controlnet_one_frame_vs_unet2d"] <= 1e-4, report
     assert report["diffusion_model_while_converted"] == "VideoDiffusionModel", report
