@@ -135,7 +135,7 @@ def test_bad_inputs_give_clear_errors(clip_folder, tmp_path):
         score_embeddings(torch.randn(1, 16))
 
 
-def test_single_file_layouts_equal_the_folder(clip_folder, tmp_path):
+def test_single_file_layouts_equal_the_folder(clip_folder, tmp_path, monkeypatch):
     """model.safetensors on its own (transformers keys) and the OpenAI key layout give the folder's scores."""
     folder, model = clip_folder
     frames, want = smooth_frames(3, 32, 48), score_video(load_clip_model(folder), smooth_frames(3, 32, 48), PROMPT)
@@ -150,7 +150,11 @@ def test_single_file_layouts_equal_the_folder(clip_folder, tmp_path):
     got = score_video(load_clip_model(openai, tokenizer_dir=folder), frames, PROMPT)
     assert got.frame_consistency == pytest.approx(want.frame_consistency, abs=1e-6)
     assert got.text_per_frame == pytest.approx(want.text_per_frame, abs=1e-4)
-    no_tok = load_clip_model(single)  # no tokenizer beside it, none given, no COMFYUI_PATH -> clear error on text
+    from tunevideo.modules.convert import text_encoder
+
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    monkeypatch.setattr(text_encoder, "installed_bpe_vocabulary", lambda: None)
+    no_tok = load_clip_model(single)  # no tokenizer beside it, none given or installed -> clear error on text
     if no_tok.tokenizer is None:
         with pytest.raises(ClipModelError, match="no tokenizer was found"):
             score_video(no_tok, frames, PROMPT)

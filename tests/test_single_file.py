@@ -332,6 +332,9 @@ def test_checkpoint_schedule_is_used_when_it_differs(tiny_tensors, tmp_path):
 def test_tokenizer_sources(tiny_tensors, tmp_path, monkeypatch):
     plain = _variant(tiny_tensors, tmp_path, "plain.safetensors")  # no tiny marker: needs a real tokenizer
     monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    from tunevideo.modules.convert import text_encoder
+
+    monkeypatch.setattr(text_encoder, "installed_bpe_vocabulary", lambda: None)  # no installed CLIP vocabulary either
     with pytest.raises(sf.TokenizerNotFoundError, match="tokenizer_dir.*COMFYUI_PATH"):
         sf.load_checkpoint(plain)
     with pytest.raises(FileNotFoundError, match="nowhere"):

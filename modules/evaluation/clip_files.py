@@ -119,8 +119,9 @@ def _tokenizer(folder: Path | None, tokenizer_dir, model):
         return None
     vocab = int(model.config.text_config.vocab_size)
     if len(tokenizer) > vocab:
-        raise ClipModelError(f"the tokenizer from {tokenizer_dir} has {len(tokenizer)} tokens but the text tower "
-                             f"{vocab}; it is another model's tokenizer")
+        source = tokenizer_dir or "the default places (ComfyUI's sd1_tokenizer or the installed CLIP vocabulary)"
+        raise ClipModelError(f"the tokenizer from {source} has {len(tokenizer)} tokens but the text tower {vocab}; "
+                             f"it is another model's tokenizer: put this model's vocab.json + merges.txt beside it")
     return tokenizer
 
 
