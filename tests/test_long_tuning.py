@@ -258,3 +258,38 @@ def test_read_video_reports_progress_and_equals_per_frame_resizing(long_clip):
               for a in video_io.iter_frames(long_clip, start=3, stride=2, count=20)]
     want = torch.cat([video_io.resize_center_crop(p, 64, 48) for p in picked])
     assert torch.equal(frames, want)  # what read_video returned before: per-frame resizes joined
+
+
+def test_windows_without_frame_0_train_with_the_clips_frame_0_as_anchor(tiny_video_model, monkeypatch):
+    """Tuning on windows uses the anchor windowed sampling uses: a step on a window that does not hold frame 0
+    first records frame 0's keys/values from the clip's first window, then its sparse-causal attention reads them."""
+    from tunevideo.modules.sampling.anchor import FrameAnchor
+    from tunevideo.modules.sampling.windows import ContextWindows
+    from tunevideo.modules.training import tune as T
+
+    recorded, read = [], []
+    real_record, real_exchange = T.record_anchor, FrameAnchor.exchange
+
+    def spy_record(unet, schedule, first, *args, **kwargs):
+        recorded.append(first.clone())
+        return real_record(unet, schedule, first, *args, **kwargs)
+
+    def spy_exchange(self, layer, key, value):
+        out = real_exchange(self, layer, key, value)
+        if not self.recording:
+            read.append(torch.equal(out[0], self._kv[layer][0]) and not torch.equal(out[0], key))
+        return out
+
+    monkeypatch.setattr(T, "record_anchor", spy_record)
+    monkeypatch.setattr(FrameAnchor, "exchange", spy_exchange)
+    latents = torch.randn(1, 4, 10, 8, 8, generator=torch.Generator().manual_seed(0))
+    context = torch.randn(1, 5, tiny_video_model.network.config.cross_attention_dim)
+    windows = ContextWindows(length=4, overlap=1, fuse="flat")
+    spans = windows.spans(10)
+    steps = len(spans)  # one cycle: every window once
+    config = T.TuneConfig(steps=steps, learning_rate=1e-4, seed=3, windows=windows, trainable=("attn1.to_q",))
+    _, losses = T.tune(tiny_video_model, latents, context, config)
+    assert len(recorded) == steps - 1  # every window but the one holding frame 0
+    assert all(torch.equal(r, latents[:, :, :4]) for r in recorded)  # the clip's first window, un-noised
+    assert read and all(read)  # later windows' attention got frame 0's recorded keys, not their own first frame's
+    assert all(torch.isfinite(torch.tensor(losses)))

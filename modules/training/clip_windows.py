@@ -8,8 +8,11 @@ seeded shuffled cycle (:func:`window_schedule`): every window, hence every frame
 whatever the clip's; what the temporal layers learn is motion within a window, which is also all they see when
 sampling with the same windows.
 
-A clip no longer than the window is one window, the whole clip, passed on as the very tensor the loop holds, so the
-run equals the windowless one bit for bit (the schedule draws from its own generator, never the training noise's).
+A window that does not hold frame 0 trains with the clip's frame 0 as its anchor, as windowed sampling runs it
+(:func:`~.tune.record_anchor`: a no-gradient pass over the first window records frame 0's keys/values, about one
+forward more per such step). A clip no longer than the window is one window, the whole clip, passed on as the very
+tensor the loop holds, so the run equals the windowless one bit for bit (the schedule draws from its own generator,
+never the training noise's).
 """
 
 from __future__ import annotations
@@ -80,5 +83,8 @@ def windowed_batches(windows: ContextWindows, frames: int, steps: int, seed: int
     def policy(step: int, video: torch.Tensor, context: torch.Tensor):
         span = spans[order[step]]
         batch = inner(step, take_frames(video, span), context)
-        return dataclasses.replace(batch, info={**batch.info, "window": (span[0], span[-1])})
+        anchor = None
+        if span[0] != 0 and batch.temporal and batch.latents.shape[2] == len(span):  # a window without frame 0
+            anchor = take_frames(video, spans[0]).expand(batch.latents.shape[0], -1, -1, -1, -1)
+        return dataclasses.replace(batch, info={**batch.info, "window": (span[0], span[-1])}, anchor_latents=anchor)
     return policy

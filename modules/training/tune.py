@@ -32,6 +32,7 @@ from ..defaults import TAV
 from ..finite import FiniteWatch
 from ..networks.base import own_parameter
 from ..networks.inflate import InflatedUNet
+from ..sampling.anchor import FrameAnchor, anchor_scope
 from ..sampling.schedule import NoiseSchedule
 from ..sampling.windows import ContextWindows
 from ..video_unet import TuneRecord, VideoUNet
@@ -88,12 +89,15 @@ class TuneConfig:
 @dataclass(frozen=True)
 class StepBatch:
     """What one tuning step trains on: ``latents [b,c,f,h,w]`` (scaled), ``context [b,n,d]``; ``temporal=False``
-    bypasses the temporal layers; ``info`` is added to the callback's info for that step."""
+    bypasses the temporal layers; ``info`` is added to the callback's info for that step. ``anchor_latents``: the
+    clip's first window when this step's window does not hold frame 0: its frame 0 is the anchor the window's
+    sparse-causal / first-frame attention reads, as when sampling with the same windows (:mod:`~..sampling.anchor`)."""
 
     latents: torch.Tensor
     context: torch.Tensor
     temporal: bool = True
     info: Mapping[str, object] = field(default_factory=dict)
+    anchor_latents: torch.Tensor | None = None
 
 
 #: ``policy(step, video, context) -> StepBatch``: called once per step (``step`` from 0) with the clip as the training
@@ -141,6 +145,19 @@ def denoising_loss(unet: InflatedUNet, schedule: NoiseSchedule, x0: torch.Tensor
         kw = {} if temporal else {"temporal": False}  # bases without the switch still train on videos
         pred = unet(x_t.to(unet.dtype), t, context.to(unet.dtype), **kw)
     return F.mse_loss(pred.float(), target.float())
+
+
+def record_anchor(unet, schedule: NoiseSchedule, first: torch.Tensor, context: torch.Tensor, t: torch.Tensor,
+                  noise: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> FrameAnchor:
+    """Frame 0's keys/values per self-attention layer from a no-gradient pass over the clip's first window, noised
+    to the step's timesteps ``t`` (what windowed sampling records from the window holding frame 0)."""
+    anchor = FrameAnchor()
+    x_t = schedule.add_noise(first, noise, t)
+    ctx = torch.autocast(first.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    with torch.no_grad(), ctx, anchor_scope(anchor):
+        unet(x_t.to(unet.dtype), t, context.to(unet.dtype))
+    anchor.recording = False
+    return anchor
 
 
 def prepare_unet(model: VideoUNet, names: list[str], device: torch.device, amp: torch.dtype | None,
@@ -223,7 +240,13 @@ def _train_loop(unet, schedule, latents, context, params, config, device, amp, c
         xs = batch.latents
         noise = torch.randn(xs.shape, generator=gen, device=device)
         t = torch.randint(0, schedule.num_train_timesteps, (xs.shape[0],), generator=gen, device=device)
-        loss = denoising_loss(unet, schedule, xs, batch.context, t, noise, amp, temporal=batch.temporal)
+        anchor = None
+        if batch.anchor_latents is not None:
+            first = batch.anchor_latents
+            anchor = record_anchor(unet, schedule, first, batch.context, t,
+                                   torch.randn(first.shape, generator=gen, device=device), amp)
+        with anchor_scope(anchor):  # checkpointed blocks keep it: it reaches them as an argument
+            loss = denoising_loss(unet, schedule, xs, batch.context, t, noise, amp, temporal=batch.temporal)
         opt.zero_grad(set_to_none=True)
         if loss.requires_grad:  # a batch with temporal layers bypassed gives none when only they train
             scaler.scale(loss).backward()
