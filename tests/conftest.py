@@ -66,3 +66,15 @@ def tiny_video_model(tiny_unet2d):
 
     return VideoUNet(inflate_unet(tiny_unet2d), NoiseSchedule.scaled_linear(),
                       **base_identity(unet_to_ldm(tiny_unet2d)))
+
+
+def eval_loss(model, latents, ctx):
+    """The denoising loss of ``model`` on a fixed draw of 8 timesteps and noises (to compare before/after tuning)."""
+    from tunevideo.modules.training.tune import denoising_loss
+
+    g = torch.Generator().manual_seed(123)
+    t = torch.randint(0, 1000, (8,), generator=g)
+    noise = torch.randn((8, *latents.shape[1:]), generator=g)
+    with torch.no_grad():
+        return denoising_loss(model.network, model.schedule, latents.expand(8, -1, -1, -1, -1),
+                              ctx.expand(8, -1, -1), t, noise).item()

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import CTX_DIM
+from conftest import CTX_DIM, eval_loss
 from tunevideo import NODE_CLASS_MAPPINGS, tiny
 from tunevideo.modules.build import decode_latents, encode_frames
 from tunevideo.modules.files import video_io
@@ -24,7 +24,7 @@ from tunevideo.modules.sampling.windows import ContextWindows
 from tunevideo.modules.training import memory
 from tunevideo.modules.training.clip_windows import take_frames, window_schedule
 from tunevideo.modules.training.trainable import select_trainable
-from tunevideo.modules.training.tune import StepBatch, TuneConfig, denoising_loss, tune
+from tunevideo.modules.training.tune import StepBatch, TuneConfig, tune
 from tunevideo.modules.video_unet import VideoUNet
 from tunevideo.nodes.boundary import check_tuned_frames
 
@@ -95,22 +95,13 @@ def test_closed_loop_windows_wrap_around():
     assert take_frames(x, list(range(10))) is x
 
 
-def _eval_loss(model, latents, ctx):
-    g = torch.Generator().manual_seed(123)
-    t = torch.randint(0, 1000, (8,), generator=g)
-    noise = torch.randn((8, *latents.shape[1:]), generator=g)
-    with torch.no_grad():
-        return denoising_loss(model.network, model.schedule, latents.expand(8, -1, -1, -1, -1),
-                              ctx.expand(8, -1, -1), t, noise).item()
-
-
 def test_windowed_tuning_lowers_the_loss_and_leaves_frozen_weights_untouched(tiny_video_model):
     latents, ctx = _clip(9)
     windows = ContextWindows(length=3, overlap=0)
     before = {k: v.clone() for k, v in tiny_video_model.network.state_dict().items()}
     tuned, curve = tune(tiny_video_model, latents, ctx, TuneConfig(steps=9, windows=windows, **FAST))
     assert len(curve) == 9
-    assert _eval_loss(tuned, latents, ctx) < _eval_loss(tiny_video_model, latents, ctx)
+    assert eval_loss(tuned, latents, ctx) < eval_loss(tiny_video_model, latents, ctx)
     chosen = set(select_trainable(tiny_video_model.network, TuneConfig().trainable))
     after, orig = tuned.network.state_dict(), tiny_video_model.network.state_dict()
     assert {k for k in before if not torch.equal(before[k], after[k])} == chosen

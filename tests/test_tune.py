@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CTX_DIM
+from conftest import CTX_DIM, eval_loss
 from tunevideo.modules.methods.tune_a_video import TUNE_A_VIDEO_PRESETS
 from tunevideo.modules.training.trainable import parse_patterns, select_trainable
-from tunevideo.modules.training.tune import TuneConfig, denoising_loss, tune
+from tunevideo.modules.training.tune import TuneConfig, tune
 
 FAST = dict(steps=12, learning_rate=1e-3, seed=0, gradient_checkpointing=False)
 
@@ -17,21 +17,12 @@ def _clip(seed=0):
     return torch.randn(1, 4, 3, 16, 16, generator=g), torch.randn(1, 7, CTX_DIM, generator=g)
 
 
-def _eval_loss(model, latents, ctx):
-    g = torch.Generator().manual_seed(123)
-    t = torch.randint(0, 1000, (8,), generator=g)
-    noise = torch.randn((8, *latents.shape[1:]), generator=g)
-    with torch.no_grad():
-        return denoising_loss(model.network, model.schedule, latents.expand(8, -1, -1, -1, -1),
-                              ctx.expand(8, -1, -1), t, noise).item()
-
-
 def test_short_tune_lowers_loss_and_changes_only_chosen_tensors(tiny_video_model):
     latents, ctx = _clip()
     before = {k: v.clone() for k, v in tiny_video_model.network.state_dict().items()}
     tuned, curve = tune(tiny_video_model, latents, ctx, TuneConfig(**FAST))
     assert len(curve) == FAST["steps"]
-    assert _eval_loss(tuned, latents, ctx) < _eval_loss(tiny_video_model, latents, ctx)
+    assert eval_loss(tuned, latents, ctx) < eval_loss(tiny_video_model, latents, ctx)
     chosen = set(select_trainable(tiny_video_model.network, TuneConfig().trainable))
     assert tuned.tuned_names == chosen
     after = tuned.network.state_dict()
