@@ -16,7 +16,7 @@ from torch import nn
 
 from ..modules.defaults import TAV
 from ..modules.networks.base import ControlResiduals
-from ..modules.networks.frame_batch import run_frame_batch, video_spans
+from ..modules.networks.frame_batch import run_frame_batch, video_frames
 from ..modules.sampling.sigmas import FINALS, SPACINGS, sampler_sigmas, to_sigma_space
 from ..modules.sampling.windows import ContextWindows, windowed
 from . import host
@@ -129,9 +129,8 @@ class VideoDiffusionModel(nn.Module):
         self._on(x.device)
         dtype = self.dtype
         residuals = control_residuals(control, self.skip_count, dtype)
-        spans = video_spans(x.shape[0], len(options.get("cond_or_uncond") or [0]), self.frames_per_video)
-
-        return run_frame_batch(self._clip_fn(dtype), x, timesteps, context, spans, residuals)
+        frames = video_frames(x.shape[0], len(options.get("cond_or_uncond") or [0]), self.frames_per_video)
+        return run_frame_batch(self._clip_fn(dtype), x, timesteps, context, frames, residuals)
 
     def _clip_fn(self, dtype: torch.dtype):
         """``clip(videos, t, context, residuals)``: the network on whole clips, or window by window (issue 18's

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 from conftest import CTX_DIM, make_unet2d
-from tunevideo.modules.networks.frame_batch import video_spans
+from tunevideo.modules.networks.frame_batch import video_frames
 from tunevideo.modules.networks.inflate import inflate_unet
 from tunevideo.modules.sampling.ddim import ddim_invert, sample
 from tunevideo.modules.sampling.schedule import NoiseSchedule
@@ -119,9 +119,9 @@ def test_frame_batch_keeps_cond_uncond_and_videos_apart(network):
             assert (got[3 * k:3 * k + 3] - want).abs().max() <= 1e-5
         whole = shim.__class__(network.clone())(x, t, ctx, transformer_options={"cond_or_uncond": [0, 1]})
     assert not torch.allclose(whole, got, atol=1e-4)  # 6-frame clips differ: the temporal layers do mix frames
-    assert video_spans(12, 2) == [slice(0, 6), slice(6, 12)]
+    assert video_frames(12, 2) == 6 and video_frames(12, 2, 3) == 3
     with pytest.raises(ValueError, match="frames_per_video=4"):
-        video_spans(12, 2, 4)
+        video_frames(12, 2, 4)
 
 
 def test_per_frame_prompts_and_mixed_noise_levels_are_refused(network):
